@@ -1,0 +1,151 @@
+//! The configuration: the validated, immutable model that the rest of wharf reads.
+//!
+//! The TOML file is read by [`parse`] into these types; every mistake becomes a
+//! [`ConfigError`] carrying `file:line:col` and a plain sentence, and all of them
+//! are reported at once. Nothing here changes at runtime: a reload builds a new
+//! [`Config`] and swaps it in whole (see `runtime`).
+
+mod duration;
+mod error;
+mod parse;
+mod reader;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use duration::parse_duration;
+pub use error::{ConfigError, ConfigErrors};
+pub use parse::parse_str;
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::single(ConfigError::io(path.display().to_string(), e.to_string()))
+    })?;
+    parse_str(&path.display().to_string(), &text)
+}
+
+/// The whole validated config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    /// In file order; names are unique.
+    pub pools: Vec<PoolConfig>,
+}
+
+impl Config {
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// One `[[listener]]`: a port and its routes.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    /// First match wins.
+    pub routes: Vec<RouteConfig>,
+    /// Open client connections beyond which the listener stops accepting.
+    pub max_connections: usize,
+    pub timeouts: ListenerTimeouts,
+}
+
+/// Client-side timeouts of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerTimeouts {
+    /// Time a client has to send a complete request head (slowloris guard).
+    /// hyper starts this timer whenever it waits for a request, so it also
+    /// bounds how long an idle keep-alive client connection is kept open.
+    pub request_header: Duration,
+}
+
+impl Default for ListenerTimeouts {
+    fn default() -> Self {
+        ListenerTimeouts {
+            request_header: Duration::from_secs(10),
+        }
+    }
+}
+
+pub const DEFAULT_LISTENER_MAX_CONNECTIONS: usize = 10_000;
+
+/// One `[[listener.route]]`.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub host: Option<HostMatch>,
+    /// Matched against the request path, byte for byte.
+    pub path_prefix: Option<String>,
+    pub pool: String,
+    /// Lower-case protocol names that may upgrade through this route; never `h2c`.
+    pub upgrades: Vec<String>,
+}
+
+/// How a route matches the request's host (compared without port, case-insensitively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `app.example.com`, stored lower-case.
+    Exact(String),
+    /// `*.example.com`: any host ending in `.example.com`, stored as `.example.com`.
+    Suffix(String),
+}
+
+/// One `[pool.NAME]`.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub servers: Vec<ServerConfig>,
+    pub balance: BalanceConfig,
+    pub timeouts: PoolTimeouts,
+    /// Idle keep-alive connections kept per server.
+    pub idle_connections: usize,
+}
+
+/// One server of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub address: SocketAddr,
+    /// 1..=1000; default 1.
+    pub weight: u32,
+}
+
+/// The pool's balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BalanceConfig {
+    /// Smooth weighted round robin (as nginx).
+    #[default]
+    RoundRobin,
+    /// Fewest active requests and tunnels relative to weight.
+    LeastConn,
+    /// Power of two random choices, by weight, the less loaded wins.
+    RandomTwo,
+}
+
+/// Server-side timeouts of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolTimeouts {
+    /// Establishing the TCP connection to a server.
+    pub connect: Duration,
+    /// From the request being sent to the response head arriving.
+    pub response: Duration,
+    /// A tunnel (websocket, TCP) with no bytes either way for this long is closed.
+    pub tunnel_idle: Duration,
+    /// Idle keep-alive connections to a server are closed after this. The default
+    /// (4s) is below Node.js's 5s `keepAliveTimeout`, so wharf closes first and never
+    /// sends a request on a connection the server is closing.
+    pub server_idle: Duration,
+}
+
+impl Default for PoolTimeouts {
+    fn default() -> Self {
+        PoolTimeouts {
+            connect: Duration::from_secs(3),
+            response: Duration::from_secs(60),
+            tunnel_idle: Duration::from_secs(3600),
+            server_idle: Duration::from_secs(4),
+        }
+    }
+}
+
+pub const DEFAULT_IDLE_CONNECTIONS: usize = 32;

@@ -1,0 +1,552 @@
+//! From config text to a validated [`Config`], reporting every mistake at once.
+//!
+//! The TOML parser recovers from syntax errors and hands back a spanned tree;
+//! the readers below walk it with [`Table`], which reports wrong types and
+//! unknown keys, while these functions check values and cross-references. Each
+//! reader reads all of its fields before giving up, so one bad value never hides
+//! the next one.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeArray, DeTable, DeValue};
+
+use super::reader::{
+    Collector, DurationStr, Field, Read, Table, closest, is_bare_key_char, type_name,
+};
+use super::{
+    BalanceConfig, Config, ConfigErrors, DEFAULT_IDLE_CONNECTIONS,
+    DEFAULT_LISTENER_MAX_CONNECTIONS, HostMatch, ListenerConfig, ListenerTimeouts, PoolConfig,
+    PoolTimeouts, RouteConfig, ServerConfig, parse_duration,
+};
+
+/// Contract keys and values (DESIGN.md) that this version recognises but does
+/// not implement yet. Each is reported as an error, never ignored: a user who
+/// asked for TLS must not silently get plaintext. Remove an entry when its
+/// feature lands.
+mod not_yet {
+    pub const TOP_LEVEL: &[&str] = &["admin"];
+    pub const LISTENER: &[&str] = &["proxy_protocol", "tcp_pool", "flash_policy", "tls"];
+    pub const POOL: &[&str] = &[
+        "sticky",
+        "health",
+        "max_connections",
+        "drain_timeout",
+        "send_proxy_protocol",
+    ];
+    pub const POOL_TIMEOUTS: &[&str] = &["queue"];
+    /// Values of a pool's `mode` (the contract has "http" and "tcp").
+    pub const POOL_MODES: &[&str] = &["tcp"];
+    /// Prefixes of `balance` values, with the feature's name for the message.
+    pub const BALANCE: &[(&str, &str)] = &[("hash:", "hash balancing")];
+}
+
+/// Upgrade protocols a route allows when it does not say.
+const DEFAULT_UPGRADES: &[&str] = &["websocket"];
+const MAX_WEIGHT: u32 = 1000;
+
+/// Parses and validates config text; `file` is only used to name the file in errors.
+pub fn parse_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+    let errors = Collector::new(file, text);
+    for error in &syntax_errors {
+        errors.syntax(error.span(), error.message());
+    }
+    let config = read_config(Table::root(&errors, &doc));
+    errors.finish(config)
+}
+
+fn read_config(mut root: Table<'_>) -> Read<Config> {
+    root.not_yet(not_yet::TOP_LEVEL);
+    let pool_tables = root.named_tables("pool");
+    // `None` when `pool` itself is malformed: then routes cannot be checked against it.
+    let defined: Option<Vec<&str>> = pool_tables
+        .as_ref()
+        .ok()
+        .map(|pools| pools.iter().map(|(name, _)| name.value).collect());
+    let pools = pool_tables.and_then(|pools| {
+        all(pools
+            .into_iter()
+            .map(|(name, table)| read_pool(name, table)))
+    });
+    let listeners = read_listeners(&mut root, defined.as_deref());
+    root.finish();
+    Ok(Config {
+        listeners: listeners?,
+        pools: pools?,
+    })
+}
+
+/// Reads every item (each reports its own mistakes) before giving up on any.
+fn all<T>(items: impl Iterator<Item = Read<T>>) -> Read<Vec<T>> {
+    let results: Vec<Read<T>> = items.collect();
+    results.into_iter().collect()
+}
+
+// ---------------------------------------------------------------- listeners
+
+/// Listener names and addresses already taken, with the line that took them.
+#[derive(Default)]
+struct Taken {
+    names: Vec<(String, usize)>,
+    binds: Vec<(SocketAddr, usize)>,
+}
+
+fn read_listeners(root: &mut Table<'_>, pools: Option<&[&str]>) -> Read<Vec<ListenerConfig>> {
+    let tables = root.tables("listener")?;
+    if tables.is_empty() {
+        return Err(root.errors().absent(
+            root.span(),
+            "the config has no [[listener]]; add one with a `name`, a `bind` address and a [[listener.route]]",
+        ));
+    }
+    let mut taken = Taken::default();
+    all(tables
+        .into_iter()
+        .map(|table| read_listener(table, pools, &mut taken)))
+}
+
+fn read_listener(
+    mut t: Table<'_>,
+    pools: Option<&[&str]>,
+    taken: &mut Taken,
+) -> Read<ListenerConfig> {
+    t.not_yet(not_yet::LISTENER);
+    let name = read_listener_name(&mut t, taken);
+    let bind = read_bind(&mut t, taken);
+    let max_connections = t.optional(
+        "max_connections",
+        DEFAULT_LISTENER_MAX_CONNECTIONS,
+        |n: i64| positive("max_connections", n),
+    );
+    let timeouts = read_listener_timeouts(&mut t);
+    let routes = read_routes(&mut t, pools);
+    t.finish();
+    Ok(ListenerConfig {
+        name: name?,
+        bind: bind?,
+        routes: routes?,
+        max_connections: max_connections?,
+        timeouts: timeouts?,
+    })
+}
+
+/// Names identify listeners in logs and metrics, so they must be unique.
+fn read_listener_name(t: &mut Table<'_>, taken: &mut Taken) -> Read<String> {
+    let field = t.get_required::<&str>("name")?;
+    let errors = t.errors();
+    let name = field.value;
+    if name.trim().is_empty() {
+        return Err(errors.error(&field.span, "`name` must not be empty"));
+    }
+    if let Some((_, line)) = taken.names.iter().find(|(other, _)| other == name) {
+        return Err(errors.error(
+            &field.span,
+            format!("listener name `{name}` is already used by the listener at line {line}"),
+        ));
+    }
+    taken
+        .names
+        .push((name.to_owned(), errors.line_of(&field.span)));
+    Ok(name.to_owned())
+}
+
+/// Two listeners on one address would fail at startup; say so now, with both places.
+fn read_bind(t: &mut Table<'_>, taken: &mut Taken) -> Read<SocketAddr> {
+    let field = t.get_required::<&str>("bind")?;
+    let errors = t.errors();
+    let addr = parse_bind(field.value).ok_or_else(|| {
+        errors.error(
+            &field.span,
+            format!(
+                "`bind` must be an address like 127.0.0.1:8080, not {:?}",
+                field.value
+            ),
+        )
+    })?;
+    if let Some((other, line)) = taken.binds.iter().find(|(other, _)| overlaps(addr, *other)) {
+        let message = if *other == addr {
+            format!("`bind` {addr} is already used by the listener at line {line}")
+        } else {
+            format!("`bind` {addr} overlaps {other}, used by the listener at line {line}")
+        };
+        return Err(errors.error(&field.span, message));
+    }
+    taken.binds.push((addr, errors.line_of(&field.span)));
+    Ok(addr)
+}
+
+/// `IP:port`, `[v6]:port`, or `localhost:port`, which for a local bind can only
+/// mean 127.0.0.1.
+fn parse_bind(s: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = s.parse() {
+        return Some(addr);
+    }
+    let (host, port) = s.split_once(':')?;
+    if !host.eq_ignore_ascii_case("localhost") || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let port = port.parse().ok()?;
+    Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+}
+
+/// Whether two listeners could not both bind: the same port on the same address
+/// or with one of them on the wildcard address. Port 0 (any free port) never clashes.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn read_listener_timeouts(t: &mut Table<'_>) -> Read<ListenerTimeouts> {
+    let defaults = ListenerTimeouts::default();
+    let Some(mut timeouts) = t.table("timeouts")? else {
+        return Ok(defaults);
+    };
+    let request_header = duration(&mut timeouts, "request_header", defaults.request_header);
+    timeouts.finish();
+    Ok(ListenerTimeouts {
+        request_header: request_header?,
+    })
+}
+
+// ---------------------------------------------------------------- routes
+
+fn read_routes(t: &mut Table<'_>, pools: Option<&[&str]>) -> Read<Vec<RouteConfig>> {
+    let tables = t.tables("route")?;
+    if tables.is_empty() {
+        return Err(t.errors().absent(
+            t.span(),
+            "the listener has no [[listener.route]]; add at least one to say which pool gets its requests",
+        ));
+    }
+    all(tables.into_iter().map(|route| read_route(route, pools)))
+}
+
+fn read_route(mut t: Table<'_>, pools: Option<&[&str]>) -> Read<RouteConfig> {
+    let host = t.optional("host", None, |s: &str| parse_host(s).map(Some));
+    let path_prefix = t.optional("path_prefix", None, |s: &str| {
+        parse_path_prefix(s).map(Some)
+    });
+    let pool = read_route_pool(&mut t, pools);
+    let upgrades = read_upgrades(&mut t);
+    t.finish();
+    Ok(RouteConfig {
+        host: host?,
+        path_prefix: path_prefix?,
+        pool: pool?,
+        upgrades: upgrades?,
+    })
+}
+
+/// The route's pool, which must be one of the `[pool.NAME]` tables.
+fn read_route_pool(t: &mut Table<'_>, pools: Option<&[&str]>) -> Read<String> {
+    let field = t.get_required::<&str>("pool")?;
+    let name = field.value;
+    match pools {
+        Some(pools) if !pools.contains(&name) => {
+            let mut message = format!("route refers to pool `{name}`, which is not defined");
+            if let Some(close) = closest(name, pools) {
+                message.push_str(&format!("; did you mean `{close}`?"));
+            }
+            // Absent rather than invalid: after a syntax error the pool may be what was lost.
+            Err(t.errors().absent(&field.span, message))
+        }
+        _ => Ok(name.to_owned()),
+    }
+}
+
+/// `app.example.com` matches exactly (case-insensitively, so it is stored
+/// lower-case); `*.example.com` matches any host ending in `.example.com`.
+fn parse_host(s: &str) -> Result<HostMatch, String> {
+    let (wildcard, name) = match s.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    if s.is_empty() {
+        return Err("`host` must not be empty; leave it out to match any host".into());
+    }
+    if name.contains('*') {
+        return Err(format!(
+            "`host` may only use `*` as its whole first label, as in \"*.example.com\", not {s:?}"
+        ));
+    }
+    if name.contains(':') {
+        return Err(format!(
+            "`host` must not include a port (routes match the host name whatever the port), not {s:?}"
+        ));
+    }
+    let valid_label = |label: &str| !label.is_empty() && label.chars().all(is_bare_key_char);
+    if !name.split('.').all(valid_label) {
+        return Err(format!(
+            "`host` must be a host name like \"app.example.com\" or \"*.example.com\", not {s:?}"
+        ));
+    }
+    let name = name.to_ascii_lowercase();
+    Ok(if wildcard {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name)
+    })
+}
+
+/// A prefix of the request path (never of the query), so it starts with `/`.
+fn parse_path_prefix(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!("`path_prefix` must start with \"/\", not {s:?}"));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`path_prefix` must not contain spaces or control characters, which a request path never has: {s:?}"
+        ));
+    }
+    if s.contains(['?', '#']) {
+        return Err(format!(
+            "`path_prefix` is matched against the path only, so it cannot contain `?` or `#`: {s:?}"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// The protocols that may upgrade through a route, lower-cased and without repeats.
+fn read_upgrades(t: &mut Table<'_>) -> Read<Vec<String>> {
+    let Some(list) = t.get::<&DeArray<'_>>("upgrades")? else {
+        return Ok(DEFAULT_UPGRADES.iter().map(|&s| s.to_owned()).collect());
+    };
+    let errors = t.errors();
+    let names = all(list.value.iter().map(|item| {
+        let name = errors.value::<&str>(item, "each entry of `upgrades`")?;
+        parse_upgrade(name.value).map_err(|message| errors.error(&name.span, message))
+    }))?;
+    let mut unique: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        if !unique.contains(&name) {
+            unique.push(name);
+        }
+    }
+    Ok(unique)
+}
+
+fn parse_upgrade(s: &str) -> Result<String, String> {
+    let name = s.to_ascii_lowercase();
+    if name == "h2c" {
+        return Err(
+            "`h2c` cannot be allowed to upgrade: after an h2c upgrade the client talks \
+                    HTTP/2 straight to the server, past wharf's routing, headers and limits"
+                .into(),
+        );
+    }
+    if name.is_empty() || !name.chars().all(is_token_char) {
+        return Err(format!(
+            "upgrade protocol {s:?} is not a valid protocol name (an HTTP token such as \"websocket\")"
+        ));
+    }
+    Ok(name)
+}
+
+/// RFC 9110 `tchar`: what an `Upgrade` protocol name may contain.
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+// ---------------------------------------------------------------- pools
+
+fn read_pool(name: Field<&str>, mut t: Table<'_>) -> Read<PoolConfig> {
+    t.not_yet(not_yet::POOL);
+    let errors = t.errors();
+    let valid_name = check_pool_name(name.value).map_err(|m| errors.error(&name.span, m));
+    let mode = t.optional("mode", (), parse_mode);
+    let servers = read_servers(&mut t);
+    let balance = t.optional("balance", BalanceConfig::default(), parse_balance);
+    let timeouts = read_pool_timeouts(&mut t);
+    let idle_connections = t.optional("idle_connections", DEFAULT_IDLE_CONNECTIONS, |n: i64| {
+        non_negative("idle_connections", n)
+    });
+    t.finish();
+    valid_name?;
+    mode?;
+    Ok(PoolConfig {
+        name: name.value.to_owned(),
+        servers: servers?,
+        balance: balance?,
+        timeouts: timeouts?,
+        idle_connections: idle_connections?,
+    })
+}
+
+/// Pool names appear in metrics and logs; keep them to bare-key characters.
+fn check_pool_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err("a pool name must not be empty".into())
+    } else if !name.chars().all(is_bare_key_char) {
+        Err(format!(
+            "pool name {name:?} may only contain letters, digits, `_` and `-`"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn parse_mode(s: &str) -> Result<(), String> {
+    if s == "http" {
+        Ok(())
+    } else if not_yet::POOL_MODES.contains(&s) {
+        Err(format!(
+            "`mode = {s:?}` is not supported by this version of wharf yet"
+        ))
+    } else {
+        Err(format!("`mode` must be \"http\" or \"tcp\", not {s:?}"))
+    }
+}
+
+fn parse_balance(s: &str) -> Result<BalanceConfig, String> {
+    match s {
+        "round_robin" => Ok(BalanceConfig::RoundRobin),
+        "least_conn" => Ok(BalanceConfig::LeastConn),
+        "random_two" => Ok(BalanceConfig::RandomTwo),
+        _ => match not_yet::BALANCE
+            .iter()
+            .find(|(prefix, _)| s.starts_with(prefix))
+        {
+            Some((_, feature)) => Err(format!(
+                "{feature} is not supported by this version of wharf yet"
+            )),
+            None => Err(format!(
+                "`balance` must be \"round_robin\", \"least_conn\" or \"random_two\", not {s:?}"
+            )),
+        },
+    }
+}
+
+/// A non-empty list of distinct servers.
+fn read_servers(t: &mut Table<'_>) -> Read<Vec<ServerConfig>> {
+    let list = t.get_required::<&DeArray<'_>>("servers")?;
+    let errors = t.errors();
+    if list.value.is_empty() {
+        return Err(errors.error(
+            &list.span,
+            "`servers` is empty; a pool needs at least one server",
+        ));
+    }
+    let pool = t.name().to_owned();
+    let mut seen: Vec<SocketAddr> = Vec::new();
+    all(list.value.iter().map(|item| {
+        let server = read_server(errors, item, &pool)?;
+        if seen.contains(&server.address) {
+            return Err(errors.error(
+                &item.span(),
+                format!("server {} is listed twice in {pool}", server.address),
+            ));
+        }
+        seen.push(server.address);
+        Ok(server)
+    }))
+}
+
+/// `"127.0.0.1:3001"` or `{ address = "127.0.0.1:3001", weight = 2 }`.
+fn read_server<'a>(
+    errors: &'a Collector<'a>,
+    item: &'a Spanned<DeValue<'a>>,
+    pool: &str,
+) -> Read<ServerConfig> {
+    let name = format!("the server table of {pool}");
+    if let Some(mut t) = Table::from_item(errors, item, String::new(), name) {
+        let address = t.required("address", parse_server_address);
+        let weight = t.optional("weight", 1, parse_weight);
+        t.finish();
+        return Ok(ServerConfig {
+            address: address?,
+            weight: weight?,
+        });
+    }
+    match item.get_ref() {
+        DeValue::String(s) => parse_server_address(s)
+            .map(|address| ServerConfig { address, weight: 1 })
+            .map_err(|message| errors.error(&item.span(), message)),
+        other => Err(errors.error(
+            &item.span(),
+            format!(
+                "each entry of `servers` must be an address like \"127.0.0.1:3001\" \
+                 or a table like {{ address = \"127.0.0.1:3001\", weight = 2 }}, not {}",
+                type_name(other)
+            ),
+        )),
+    }
+}
+
+/// An `IP:port` to connect to. Host names are refused, `localhost` included:
+/// it may mean 127.0.0.1 or ::1, and a server listening on only one of them
+/// would be unreachable half the time.
+fn parse_server_address(s: &str) -> Result<SocketAddr, String> {
+    let Ok(address) = s.parse::<SocketAddr>() else {
+        let hint = match s.split_once(':') {
+            Some((host, _)) if host.eq_ignore_ascii_case("localhost") => {
+                " (write 127.0.0.1 or [::1], whichever the server listens on)"
+            }
+            _ => "",
+        };
+        return Err(format!(
+            "a server address must be like 127.0.0.1:3001, not {s:?}{hint}"
+        ));
+    };
+    if address.port() == 0 {
+        return Err(format!(
+            "server address {s:?} has port 0, which cannot be connected to"
+        ));
+    }
+    Ok(address)
+}
+
+fn parse_weight(n: i64) -> Result<u32, String> {
+    match u32::try_from(n) {
+        Ok(weight) if (1..=MAX_WEIGHT).contains(&weight) => Ok(weight),
+        _ => Err(format!(
+            "`weight` must be between 1 and {MAX_WEIGHT}, not {n}"
+        )),
+    }
+}
+
+fn read_pool_timeouts(t: &mut Table<'_>) -> Read<PoolTimeouts> {
+    let defaults = PoolTimeouts::default();
+    let Some(mut timeouts) = t.table("timeouts")? else {
+        return Ok(defaults);
+    };
+    timeouts.not_yet(not_yet::POOL_TIMEOUTS);
+    let connect = duration(&mut timeouts, "connect", defaults.connect);
+    let response = duration(&mut timeouts, "response", defaults.response);
+    let tunnel_idle = duration(&mut timeouts, "tunnel_idle", defaults.tunnel_idle);
+    let server_idle = duration(&mut timeouts, "server_idle", defaults.server_idle);
+    timeouts.finish();
+    Ok(PoolTimeouts {
+        connect: connect?,
+        response: response?,
+        tunnel_idle: tunnel_idle?,
+        server_idle: server_idle?,
+    })
+}
+
+// ---------------------------------------------------------------- values
+
+/// An optional timeout; zero is refused since it would time out at once.
+fn duration(t: &mut Table<'_>, key: &'static str, default: Duration) -> Read<Duration> {
+    t.optional(key, default, |DurationStr(s)| {
+        let duration =
+            parse_duration(s).map_err(|e| format!("`{key}` is not a valid duration: {e}"))?;
+        if duration.is_zero() {
+            return Err(format!("`{key}` must be longer than zero"));
+        }
+        Ok(duration)
+    })
+}
+
+fn positive(key: &str, n: i64) -> Result<usize, String> {
+    usize::try_from(n)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{key}` must be at least 1, not {n}"))
+}
+
+fn non_negative(key: &str, n: i64) -> Result<usize, String> {
+    usize::try_from(n).map_err(|_| format!("`{key}` must be 0 or more, not {n}"))
+}

@@ -1,0 +1,69 @@
+//! Why wharf could not proxy a request, and the answer the client gets.
+//!
+//! Every error knows its status, its short plain-text body, and whether it
+//! was the server's fault, so that the response, the log line and (later)
+//! the metrics come from one lookup.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::upstream::ConnectError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(&'static str),
+    #[error("no server available")]
+    NoServer,
+    #[error("cannot connect to server: {0}")]
+    Connect(#[source] ConnectError),
+    #[error("server did not answer within {0:?}")]
+    ResponseTimeout(Duration),
+    #[error("server failed: {0}")]
+    Server(#[source] hyper::Error),
+    #[error("server switched protocols without being asked to")]
+    UnrequestedUpgrade,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
+            // As nginx: a server that cannot be reached in time is a timeout.
+            ProxyError::Connect(ConnectError::Timeout(_)) | ProxyError::ResponseTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Connect(_) | ProxyError::Server(_) | ProxyError::UnrequestedUpgrade => {
+                StatusCode::BAD_GATEWAY
+            }
+        }
+    }
+
+    /// The plain-text body sent to the client: short, and never an address.
+    pub fn body(&self) -> &'static str {
+        match self.status() {
+            StatusCode::NOT_FOUND => "404 Not Found: no route for this host and path\n",
+            StatusCode::BAD_REQUEST => "400 Bad Request\n",
+            StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
+            StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no server available\n",
+            StatusCode::GATEWAY_TIMEOUT => {
+                "504 Gateway Timeout: the server did not answer in time\n"
+            }
+            _ => "502 Bad Gateway: the server failed to answer\n",
+        }
+    }
+
+    /// Whether the request may be tried on another server: nothing of it
+    /// has reached the failed one.
+    pub fn before_request_sent(&self) -> bool {
+        matches!(self, ProxyError::Connect(_))
+    }
+}

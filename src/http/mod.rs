@@ -1,0 +1,56 @@
+//! HTTP: serves HTTP/1.1 to clients and forwards each request to a server.
+//!
+//! - [`serve`]: one client connection, driven by hyper, with upgrades enabled.
+//! - `proxy`: one request: route, choose a server, forward, stream back.
+//! - `upgrade`: a 101 answer turned into a tunnel.
+//! - `headers`: hop-by-hop removal and forwarding headers.
+//! - `error`: what a failure costs the client (status, body).
+
+mod body;
+mod error;
+pub mod headers;
+mod proxy;
+mod upgrade;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+pub use body::ResponseBody;
+pub use error::ProxyError;
+
+use crate::runtime::Shared;
+
+/// What wharf knows of a client connection, for every request on it.
+#[derive(Debug, Clone)]
+pub struct ClientConnection {
+    /// The client's address (later: as told by PROXY protocol).
+    pub peer: SocketAddr,
+    /// Index of the listener in the config snapshot.
+    pub listener: usize,
+    /// `http` or `https`.
+    pub proto: &'static str,
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve(stream: TcpStream, client: ClientConnection, shared: Arc<Shared>) {
+    let timeouts = shared.snapshot().config.listeners[client.listener].timeouts;
+    let client = Arc::new(client);
+    let peer = client.peer;
+    let service = service_fn(move |request| proxy::handle(request, client.clone(), shared.clone()));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Also bounds how long an idle keep-alive connection is kept: hyper
+        // starts this timer whenever it waits for a request head.
+        .header_read_timeout(timeouts.request_header)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = connection.await {
+        // hyper has already answered a malformed request with 400 and closed.
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}

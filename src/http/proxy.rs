@@ -1,0 +1,324 @@
+//! One request through wharf: route it, choose a server, forward it, and
+//! stream the answer back (or hand a 101 to [`super::upgrade`]).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{self, Counted, ResponseBody};
+use super::error::ProxyError;
+use super::headers::{self, ClientInfo};
+use super::{ClientConnection, upgrade};
+use crate::config::{PoolTimeouts, RouteConfig};
+use crate::runtime::{Shared, Snapshot};
+use crate::upstream::{
+    ActiveGuard, Connection, EJECT_AFTER_CONNECT_FAILURE, Pool, Server, connect_http,
+};
+
+/// At most this many servers are tried for one request whose connection failed.
+const MAX_ATTEMPTS: usize = 3;
+
+/// A failed request with what is known of where it was going, for the log.
+struct Failure {
+    error: ProxyError,
+    pool: Option<String>,
+    server: Option<SocketAddr>,
+}
+
+impl From<ProxyError> for Failure {
+    fn from(error: ProxyError) -> Self {
+        Failure {
+            error,
+            pool: None,
+            server: None,
+        }
+    }
+}
+
+/// hyper's service entry point: never fails, errors become responses.
+pub async fn handle(
+    request: Request<Incoming>,
+    client: Arc<ClientConnection>,
+    shared: Arc<Shared>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let snapshot = shared.snapshot();
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let listener = &snapshot.config.listeners[client.listener].name;
+    match forward(request, &client, &snapshot).await {
+        Ok(response) => {
+            tracing::debug!(
+                listener = %listener, client = %client.peer, %method, %path,
+                status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64,
+                "proxied"
+            );
+            Ok(response)
+        }
+        Err(failure) => {
+            let status = failure.error.status();
+            tracing::warn!(
+                listener = %listener, client = %client.peer, %method, %path,
+                pool = failure.pool.as_deref().unwrap_or("-"),
+                server = %failure.server.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                status = status.as_u16(), error = %failure.error,
+                "request failed"
+            );
+            Ok(error_response(&failure.error))
+        }
+    }
+}
+
+fn error_response(error: &ProxyError) -> Response<ResponseBody> {
+    let mut response = Response::new(body::text(error.body()));
+    *response.status_mut() = error.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // After a bad request the connection's framing cannot be trusted.
+    if error.status() == StatusCode::BAD_REQUEST {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn forward(
+    mut request: Request<Incoming>,
+    client: &ClientConnection,
+    snapshot: &Snapshot,
+) -> Result<Response<ResponseBody>, Failure> {
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed("CONNECT").into());
+    }
+    let host = request_host(&request)?;
+    let listener = &snapshot.config.listeners[client.listener];
+    let route = crate::route::find(&listener.routes, host.as_deref(), request.uri().path())
+        .ok_or(ProxyError::NoRoute)?;
+    let pool = snapshot.pool(&route.pool).ok_or(ProxyError::NoRoute)?;
+    let upgrades = allowed_upgrades(&request, route);
+    let client_upgrade = (!upgrades.is_empty()).then(|| hyper::upgrade::on(&mut request));
+
+    let upstream_request = rewrite_request(request, client, host.as_deref(), &upgrades)?;
+    let (response, guard, connection) =
+        send_with_retries(pool, upstream_request)
+            .await
+            .map_err(|(error, server)| Failure {
+                error,
+                pool: Some(pool.name().to_owned()),
+                server,
+            })?;
+    let server = guard.server().clone();
+    let fail = |error| Failure {
+        error,
+        pool: Some(pool.name().to_owned()),
+        server: Some(server.address),
+    };
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(fail(ProxyError::UnrequestedUpgrade));
+        };
+        let protocol = headers::upgrade_protocol(response.headers());
+        if !protocol.as_ref().is_some_and(|p| upgrades.contains(p)) {
+            return Err(fail(ProxyError::UnrequestedUpgrade));
+        }
+        return Ok(upgrade::start_tunnel(
+            response,
+            client_upgrade,
+            guard,
+            pool.config.timeouts.tunnel_idle,
+            client.peer,
+        ));
+    }
+
+    return_when_idle(connection, server);
+    let (mut parts, incoming) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    let body = Counted::new(incoming, guard).boxed();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The host the client asked for: the authority of an absolute-form URI,
+/// else the `Host` header (RFC 9112 §3.2.2). HTTP/1.1 requires one.
+fn request_host(request: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    if let Some(authority) = request.uri().authority() {
+        return Ok(Some(authority.as_str().to_owned()));
+    }
+    match request.headers().get(header::HOST) {
+        Some(value) => {
+            let host = value
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("Host is not visible ASCII"))?;
+            Ok(Some(host.to_owned()))
+        }
+        None if request.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The upgrades the client asked for that the route allows; `h2c` never, as
+/// it would let the client talk to the server past wharf.
+fn allowed_upgrades(request: &Request<Incoming>, route: &RouteConfig) -> Vec<String> {
+    headers::requested_upgrades(request.headers())
+        .into_iter()
+        .filter(|p| p != "h2c" && route.upgrades.contains(p))
+        .collect()
+}
+
+/// Turns the client's request into the request sent to a server.
+fn rewrite_request(
+    request: Request<Incoming>,
+    client: &ClientConnection,
+    host: Option<&str>,
+    upgrades: &[String],
+) -> Result<Request<Incoming>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    // Servers get origin-form (`/path?query`) even if the client sent absolute-form.
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(path_and_query);
+    parts.version = Version::HTTP_11;
+    if parts.headers.get(header::HOST).is_none()
+        && let Some(host) = host
+    {
+        let value = HeaderValue::from_str(host).map_err(|_| ProxyError::BadRequest("bad host"))?;
+        parts.headers.insert(header::HOST, value);
+    }
+    headers::remove_hop_by_hop(&mut parts.headers);
+    let original_host = parts.headers.get(header::HOST).cloned();
+    let info = ClientInfo {
+        ip: client.peer.ip(),
+        proto: client.proto,
+        host: original_host.as_ref(),
+    };
+    headers::set_forwarded(&mut parts.headers, &info);
+    if !upgrades.is_empty() {
+        headers::set_upgrade(&mut parts.headers, &upgrades.join(", "));
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+type Sent = (Response<Incoming>, ActiveGuard, Connection);
+
+/// Sends the request to a server of `pool`; a server that cannot be reached
+/// is skipped for the next one (the request has not left wharf yet).
+async fn send_with_retries(
+    pool: &Pool,
+    mut request: Request<Incoming>,
+) -> Result<Sent, (ProxyError, Option<SocketAddr>)> {
+    let mut failed: Vec<SocketAddr> = Vec::new();
+    let mut last_error = None;
+    while failed.len() < MAX_ATTEMPTS {
+        let Some(guard) = pool.choose(&failed) else {
+            break;
+        };
+        let server = guard.server().clone();
+        match send(&server, request, &pool.config.timeouts).await {
+            Ok((response, connection)) => return Ok((response, guard, connection)),
+            Err(SendError {
+                error,
+                request: unsent,
+            }) => {
+                if !error.before_request_sent() {
+                    return Err((error, Some(server.address)));
+                }
+                server.eject(EJECT_AFTER_CONNECT_FAILURE);
+                tracing::info!(
+                    pool = pool.name(), server = %server.address, error = %error,
+                    "server unreachable; ejected for {EJECT_AFTER_CONNECT_FAILURE:?}"
+                );
+                failed.push(server.address);
+                last_error = Some((error, Some(server.address)));
+                match unsent {
+                    Some(unsent) => request = unsent,
+                    None => break,
+                }
+            }
+        }
+    }
+    // Every server tried failed: report the last failure; none to try: 503.
+    Err(last_error.unwrap_or((ProxyError::NoServer, None)))
+}
+
+struct SendError {
+    error: ProxyError,
+    /// The request, when no byte of it was sent.
+    request: Option<Request<Incoming>>,
+}
+
+/// Sends the request on an idle keep-alive connection to `server` if there is
+/// one, else on a new connection, and waits for the response head.
+async fn send(
+    server: &Server,
+    request: Request<Incoming>,
+    timeouts: &PoolTimeouts,
+) -> Result<(Response<Incoming>, Connection), SendError> {
+    let mut request = request;
+    if let Some(mut connection) = server.idle.take() {
+        match send_on(&mut connection, request, timeouts).await {
+            Ok(response) => return Ok((response, connection)),
+            // The server closed the idle connection just now; a new one is safe.
+            Err(SendError {
+                request: Some(unsent),
+                ..
+            }) => request = unsent,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut connection = match connect_http(server.address, timeouts.connect).await {
+        Ok(connection) => connection,
+        Err(e) => {
+            return Err(SendError {
+                error: ProxyError::Connect(e),
+                request: Some(request),
+            });
+        }
+    };
+    let response = send_on(&mut connection, request, timeouts).await?;
+    Ok((response, connection))
+}
+
+async fn send_on(
+    connection: &mut Connection,
+    request: Request<Incoming>,
+    timeouts: &PoolTimeouts,
+) -> Result<Response<Incoming>, SendError> {
+    match tokio::time::timeout(timeouts.response, connection.try_send_request(request)).await {
+        Err(_) => Err(SendError {
+            error: ProxyError::ResponseTimeout(timeouts.response),
+            request: None,
+        }),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(mut e)) => {
+            let unsent = e.take_message();
+            Err(SendError {
+                error: ProxyError::Server(e.into_error()),
+                request: unsent,
+            })
+        }
+    }
+}
+
+/// Puts the connection back in the server's idle pool once the response body
+/// has been read to the end (hyper reports it ready then).
+fn return_when_idle(mut connection: Connection, server: Arc<Server>) {
+    tokio::spawn(async move {
+        if connection.ready().await.is_ok() {
+            server.idle.put(connection);
+        }
+    });
+}

@@ -1,0 +1,74 @@
+//! Upgrades (RFC 9110 §7.8): when a server answers 101 Switching Protocols to
+//! an upgrade the client asked for and the route allows, the client gets the
+//! 101 and both connections become a [`crate::tunnel`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Response;
+use hyper::body::Incoming;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::{self, ResponseBody};
+use super::headers;
+use crate::tunnel::{self, TunnelEnd};
+use crate::upstream::ActiveGuard;
+
+/// Answers the client with the server's 101 and, once hyper has handed over
+/// both connections, runs the tunnel in its own task. The tunnel stays
+/// counted on its server (`guard`) for as long as it is open.
+pub fn start_tunnel(
+    mut server_response: Response<Incoming>,
+    client_upgrade: OnUpgrade,
+    guard: ActiveGuard,
+    idle_timeout: Duration,
+    client: SocketAddr,
+) -> Response<ResponseBody> {
+    let server_upgrade = hyper::upgrade::on(&mut server_response);
+    let (mut parts, _) = server_response.into_parts();
+    let protocol = headers::upgrade_protocol(&parts.headers).unwrap_or_default();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::set_upgrade(&mut parts.headers, &protocol);
+
+    tokio::spawn(async move {
+        let server = guard.server().address;
+        let (client_io, server_io) = match tokio::try_join!(client_upgrade, server_upgrade) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::info!(%client, %server, error = %e, "upgrade abandoned before the tunnel opened");
+                return;
+            }
+        };
+        let (Some(client_side), Some(server_side)) = (into_tcp(client_io), into_tcp(server_io))
+        else {
+            tracing::error!(%client, %server, "upgraded connection is not a TCP stream; closing it");
+            return;
+        };
+        let report = tunnel::run(
+            client_side.0,
+            server_side.0,
+            client_side.1,
+            server_side.1,
+            idle_timeout,
+        )
+        .await;
+        drop(guard);
+        let level_is_error = matches!(report.end, TunnelEnd::Error(_));
+        if level_is_error {
+            tracing::info!(%client, %server, ?report, "tunnel closed by an error");
+        } else {
+            tracing::debug!(%client, %server, ?report, "tunnel closed");
+        }
+    });
+
+    Response::from_parts(parts, body::empty())
+}
+
+/// The TCP stream under an upgraded connection, with the bytes hyper had
+/// already read past the HTTP head.
+fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, bytes::Bytes)> {
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    Some((parts.io.into_inner(), parts.read_buf))
+}

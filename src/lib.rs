@@ -1,0 +1,30 @@
+//! wharf: a load balancer and reverse proxy for applications that speak WebSockets.
+//!
+//! The source tree follows the path a connection takes:
+//!
+//! ```text
+//! listener (accept, limits) ─▶ http (serve, headers) ─▶ route ─▶ upstream (pool, balance) ─▶ server
+//!                                     └─ upgrade (101) ─▶ tunnel: bytes both ways, idle timeout
+//! ```
+//!
+//! - [`config`]: the immutable, validated config model and its parser.
+//! - [`runtime`]: turns a config into running listeners and pools; the handle tests use.
+//! - [`listener`]: accepts connections, caps how many are open, hands them to `http`.
+//! - [`http`]: serves HTTP/1.1 to clients and forwards to servers, including upgrades.
+//! - [`route`]: picks the pool for a request by host and path.
+//! - [`upstream`]: a pool's runtime state: servers, their load, idle connections.
+//! - [`balance`]: the balancing algorithms.
+//! - [`tunnel`]: copies bytes both ways for upgraded connections.
+#![forbid(unsafe_code)]
+
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod listener;
+pub mod route;
+pub mod runtime;
+pub mod tunnel;
+pub mod upstream;
+
+pub use runtime::{Running, StartError, start};

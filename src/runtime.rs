@@ -1,0 +1,161 @@
+//! Turns a validated [`Config`] into running listeners and pools.
+//!
+//! [`start`] binds every listener before returning, so a caller (a test, the
+//! demo, `wharf run`) knows the real addresses and that wharf is ready.
+//! The config lives in an immutable [`Snapshot`] behind an `ArcSwap`, so that
+//! a reload can swap it whole while requests in flight keep the one they
+//! started with; the state that changes (server load, idle connections)
+//! lives in [`crate::upstream`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::listener;
+use crate::upstream::Pool;
+
+/// One consistent view of the config and the pools built from it.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Config,
+    pools: HashMap<String, Arc<Pool>>,
+}
+
+impl Snapshot {
+    fn new(config: Config) -> Self {
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), Arc::new(Pool::new(p.clone()))))
+            .collect();
+        Snapshot { config, pools }
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
+    }
+}
+
+/// What every connection task shares: the current snapshot.
+#[derive(Debug)]
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+}
+
+/// Why wharf could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listener `{name}` cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running wharf: its bound listeners and a way to stop it.
+pub struct Running {
+    listeners: Vec<(String, SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Running {
+    /// The bound address of the listener called `name` (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, addr)| *addr)
+    }
+
+    /// The runtime state, for inspection (tests, admin).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting and closes every listener. Connections already open
+    /// are not waited for.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Binds every listener of `config` and starts serving on the current tokio runtime.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let mut bound = Vec::new();
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let socket = TcpListener::bind(listener.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: listener.name.clone(),
+                addr: listener.bind,
+                source,
+            })?;
+        let addr = socket.local_addr().map_err(|source| StartError::Bind {
+            name: listener.name.clone(),
+            addr: listener.bind,
+            source,
+        })?;
+        bound.push((index, listener.name.clone(), addr, socket));
+    }
+
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut listeners = Vec::new();
+    for (index, name, addr, socket) in bound {
+        tracing::info!(listener = %name, %addr, "listening");
+        let task = listener::accept_loop(socket, index, shared.clone(), shutdown_rx.clone());
+        tasks.push(tokio::spawn(task));
+        listeners.push((name, addr));
+    }
+    tokio::spawn(expire_idle_connections(Arc::downgrade(&shared)));
+    Ok(Running {
+        listeners,
+        shutdown,
+        tasks,
+        shared,
+    })
+}
+
+/// Closes idle keep-alive connections past their timeout, once a second,
+/// for as long as wharf runs.
+async fn expire_idle_connections(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        for pool in shared.snapshot().pools() {
+            for server in &pool.servers {
+                server.idle.expire();
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The tunnel: bytes both ways between a client and a server after an upgrade
+//! (101 Switching Protocols), until either side closes or the tunnel is idle
+//! for too long.
+//!
+//! A proxy holding thousands of idle websockets must not hold two buffers per
+//! websocket, as `tokio::io::copy_bidirectional` does (2 × 8 KiB each, always).
+//! This tunnel waits for readiness, reads into one per-thread scratch buffer
+//! and writes straight through; only when the receiver cannot take everything
+//! at once does it keep the rest in a buffer of exactly that size, and stops
+//! reading from the sender until it drains (backpressure). An idle tunnel so
+//! holds two sockets, one task and one timer entry, and no buffer at all.
+//!
+//! Half-close is honoured: when one side finishes sending, the other side's
+//! write half is shut down and bytes keep flowing the other way.
+
+use std::cell::RefCell;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::time::Instant;
+
+/// Size of the per-thread scratch buffer: one read moves at most this much.
+const SCRATCH_SIZE: usize = 32 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
+}
+
+/// How a tunnel ended.
+#[derive(Debug)]
+pub enum TunnelEnd {
+    /// Both sides finished sending.
+    Closed,
+    /// No byte moved either way for the idle timeout.
+    IdleTimeout,
+    /// A socket failed (reset, broken pipe).
+    Error(io::Error),
+}
+
+/// What a tunnel carried, and how it ended.
+#[derive(Debug)]
+pub struct TunnelReport {
+    pub client_to_server: u64,
+    pub server_to_client: u64,
+    pub end: TunnelEnd,
+}
+
+/// One direction of the tunnel.
+#[derive(Default)]
+struct Flow {
+    /// Bytes read but not yet written; empty (no allocation) most of the time.
+    pending: Vec<u8>,
+    written: usize,
+    /// The sender has finished; the receiver's write half is shut down once
+    /// `pending` is written.
+    eof: bool,
+    shut_down: bool,
+    bytes: u64,
+}
+
+impl Flow {
+    fn wants_read(&self) -> bool {
+        !self.eof && self.pending.is_empty()
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    fn done(&self) -> bool {
+        self.shut_down
+    }
+
+    /// Reads what is ready from `from` and writes as much as `to` takes now.
+    /// Returns whether any byte moved.
+    fn read_through(&mut self, from: &ReadHalf<'_>, to: &WriteHalf<'_>) -> io::Result<bool> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = match from.try_read(&mut scratch) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            self.bytes += n as u64;
+            let sent = match to.try_write(&scratch[..n]) {
+                Ok(sent) => sent,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
+            if sent < n {
+                self.pending = scratch[sent..n].to_vec();
+                self.written = 0;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Writes pending bytes that `to` takes now; frees the buffer when done.
+    fn write_pending(&mut self, to: &WriteHalf<'_>) -> io::Result<bool> {
+        match to.try_write(&self.pending[self.written..]) {
+            Ok(sent) => {
+                self.written += sent;
+                if self.written == self.pending.len() {
+                    self.pending = Vec::new();
+                    self.written = 0;
+                }
+                Ok(sent > 0)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Once the sender is finished and everything is written, passes the
+    /// half-close on to the receiver.
+    async fn pass_on_eof(&mut self, to: &mut WriteHalf<'_>) -> io::Result<()> {
+        if self.eof && self.pending.is_empty() && !self.shut_down {
+            self.shut_down = true;
+            // A peer that already closed its side makes this fail harmlessly.
+            let _ = to.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+enum Event {
+    ClientReadable(io::Result<()>),
+    ServerWritable(io::Result<()>),
+    ServerReadable(io::Result<()>),
+    ClientWritable(io::Result<()>),
+    Timer,
+}
+
+/// Carries bytes between `client` and `server` until both have finished
+/// sending, one fails, or nothing moves for `idle_timeout`. `client_early` and
+/// `server_early` are bytes already read from each side (for example, what
+/// followed the HTTP head in the same packet) that must go to the other side
+/// first. They are taken by value and dropped once sent: they may share an
+/// allocation with hyper's whole read buffer, which an idle tunnel must not keep.
+pub async fn run(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    client_early: Bytes,
+    server_early: Bytes,
+    idle_timeout: Duration,
+) -> TunnelReport {
+    let mut up = Flow {
+        bytes: client_early.len() as u64,
+        ..Flow::default()
+    };
+    let mut down = Flow {
+        bytes: server_early.len() as u64,
+        ..Flow::default()
+    };
+    let sent_early = send_early(&mut client, &mut server, client_early, server_early).await;
+    let end = match sent_early {
+        Ok(()) => carry(&mut client, &mut server, &mut up, &mut down, idle_timeout).await,
+        Err(e) => TunnelEnd::Error(e),
+    };
+    TunnelReport {
+        client_to_server: up.bytes,
+        server_to_client: down.bytes,
+        end,
+    }
+}
+
+async fn send_early(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    client_early: Bytes,
+    server_early: Bytes,
+) -> io::Result<()> {
+    if !client_early.is_empty() {
+        server.write_all(&client_early).await?;
+    }
+    if !server_early.is_empty() {
+        client.write_all(&server_early).await?;
+    }
+    Ok(())
+}
+
+async fn carry(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    up: &mut Flow,
+    down: &mut Flow,
+    idle_timeout: Duration,
+) -> TunnelEnd {
+    let (client_read, mut client_write) = client.split();
+    let (server_read, mut server_write) = server.split();
+    // The timer is only reset when it fires, from the last activity, so that
+    // moving bytes costs no timer update.
+    let mut last_activity = Instant::now();
+    let timer = tokio::time::sleep_until(last_activity + idle_timeout);
+    tokio::pin!(timer);
+
+    let result: io::Result<TunnelEnd> = async {
+        while !(up.done() && down.done()) {
+            let event = tokio::select! {
+                r = client_read.readable(), if up.wants_read() => Event::ClientReadable(r),
+                r = server_write.writable(), if up.has_pending() => Event::ServerWritable(r),
+                r = server_read.readable(), if down.wants_read() => Event::ServerReadable(r),
+                r = client_write.writable(), if down.has_pending() => Event::ClientWritable(r),
+                () = &mut timer => Event::Timer,
+            };
+            let moved = match event {
+                Event::ClientReadable(r) => {
+                    r.and_then(|()| up.read_through(&client_read, &server_write))?
+                }
+                Event::ServerWritable(r) => r.and_then(|()| up.write_pending(&server_write))?,
+                Event::ServerReadable(r) => {
+                    r.and_then(|()| down.read_through(&server_read, &client_write))?
+                }
+                Event::ClientWritable(r) => r.and_then(|()| down.write_pending(&client_write))?,
+                Event::Timer => {
+                    let deadline = last_activity + idle_timeout;
+                    if Instant::now() >= deadline {
+                        return Ok(TunnelEnd::IdleTimeout);
+                    }
+                    timer.as_mut().reset(deadline);
+                    false
+                }
+            };
+            if moved {
+                last_activity = Instant::now();
+            }
+            up.pass_on_eof(&mut server_write).await?;
+            down.pass_on_eof(&mut client_write).await?;
+        }
+        Ok(TunnelEnd::Closed)
+    }
+    .await;
+    result.unwrap_or_else(TunnelEnd::Error)
+}

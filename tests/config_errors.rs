@@ -1,0 +1,637 @@
+//! The config parser, seen from outside: valid files become the expected model
+//! (defaults included), and every mistake is reported as `file:line:col: sentence`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use wharf::config::{
+    BalanceConfig, Config, DEFAULT_IDLE_CONNECTIONS, DEFAULT_LISTENER_MAX_CONNECTIONS, HostMatch,
+    ListenerTimeouts, PoolTimeouts, ServerConfig, parse_str,
+};
+
+/// Parses a config that must be valid.
+fn parse_ok(text: &str) -> Config {
+    match parse_str("wharf.toml", text) {
+        Ok(config) => config,
+        Err(errors) => panic!("expected a valid config, got:\n{errors}"),
+    }
+}
+
+/// Parses a config that must be invalid; returns each error as displayed.
+fn errors(text: &str) -> Vec<String> {
+    match parse_str("wharf.toml", text) {
+        Ok(config) => panic!("expected errors, got {config:#?}"),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Asserts that `text` yields exactly one error, equal to `expected`.
+fn assert_single_error(text: &str, expected: &str) {
+    assert_eq!(errors(text), vec![expected.to_owned()]);
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+const FULL: &str = r#"
+[[listener]]
+name = "public"
+bind = "0.0.0.0:8443"
+max_connections = 500
+timeouts = { request_header = "5s" }
+
+[[listener.route]]
+host = "App.Example.COM"
+path_prefix = "/socket.io/"
+pool = "realtime"
+upgrades = ["WebSocket", "my-proto"]
+
+[[listener.route]]
+host = "*.example.com"
+pool = "web"
+
+[[listener]]
+name = "local"
+bind = "localhost:8080"
+
+[[listener.route]]
+pool = "web"
+
+[pool.realtime]
+servers = ["127.0.0.1:3001", "[::1]:3002", { address = "127.0.0.1:3003", weight = 2 }]
+balance = "least_conn"
+mode = "http"
+timeouts = { connect = "1s", response = "30s", tunnel_idle = "1h30m", server_idle = "500ms" }
+idle_connections = 0
+
+[pool.web]
+servers = ["127.0.0.1:4000"]
+
+[pool.unused]
+servers = [{ address = "10.0.0.1:80" }]
+balance = "random_two"
+"#;
+
+#[test]
+fn full_config_parses_into_the_model() {
+    let config = parse_ok(FULL);
+
+    assert_eq!(config.listeners.len(), 2);
+    let public = &config.listeners[0];
+    assert_eq!(public.name, "public");
+    assert_eq!(public.bind, addr("0.0.0.0:8443"));
+    assert_eq!(public.max_connections, 500);
+    assert_eq!(
+        public.timeouts,
+        ListenerTimeouts {
+            request_header: Duration::from_secs(5),
+        }
+    );
+    assert_eq!(public.routes.len(), 2);
+    let socket_io = &public.routes[0];
+    assert_eq!(
+        socket_io.host,
+        Some(HostMatch::Exact("app.example.com".into()))
+    );
+    assert_eq!(socket_io.path_prefix.as_deref(), Some("/socket.io/"));
+    assert_eq!(socket_io.pool, "realtime");
+    assert_eq!(socket_io.upgrades, ["websocket", "my-proto"]);
+    let wildcard = &public.routes[1];
+    assert_eq!(
+        wildcard.host,
+        Some(HostMatch::Suffix(".example.com".into()))
+    );
+    assert_eq!(wildcard.path_prefix, None);
+    assert_eq!(wildcard.upgrades, ["websocket"]);
+
+    let local = &config.listeners[1];
+    assert_eq!(local.bind, addr("127.0.0.1:8080"));
+    assert_eq!(local.max_connections, DEFAULT_LISTENER_MAX_CONNECTIONS);
+    assert_eq!(local.timeouts, ListenerTimeouts::default());
+
+    // Pools keep file order, not alphabetical order.
+    let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["realtime", "web", "unused"]);
+
+    let realtime = config.pool("realtime").expect("realtime pool");
+    assert_eq!(
+        realtime.servers,
+        [
+            ServerConfig {
+                address: addr("127.0.0.1:3001"),
+                weight: 1
+            },
+            ServerConfig {
+                address: addr("[::1]:3002"),
+                weight: 1
+            },
+            ServerConfig {
+                address: addr("127.0.0.1:3003"),
+                weight: 2
+            },
+        ]
+    );
+    assert_eq!(realtime.balance, BalanceConfig::LeastConn);
+    assert_eq!(
+        realtime.timeouts,
+        PoolTimeouts {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(30),
+            tunnel_idle: Duration::from_secs(5400),
+            server_idle: Duration::from_millis(500),
+        }
+    );
+    assert_eq!(realtime.idle_connections, 0);
+
+    let web = config.pool("web").expect("web pool");
+    assert_eq!(web.balance, BalanceConfig::RoundRobin);
+    assert_eq!(web.timeouts, PoolTimeouts::default());
+    assert_eq!(web.idle_connections, DEFAULT_IDLE_CONNECTIONS);
+
+    let unused = config.pool("unused").expect("unused pool");
+    assert_eq!(unused.balance, BalanceConfig::RandomTwo);
+    assert_eq!(unused.servers[0].weight, 1);
+}
+
+#[test]
+fn timeouts_may_be_written_as_sub_tables_or_dotted_keys() {
+    let config = parse_ok(
+        r#"
+[[listener]]
+name = "a"
+bind = "127.0.0.1:0"
+timeouts.request_header = "10s"
+[[listener.route]]
+pool = "web"
+[pool.web]
+servers = ["127.0.0.1:4000"]
+[pool.web.timeouts]
+tunnel_idle = "1d"
+"#,
+    );
+    assert_eq!(
+        config.listeners[0].timeouts.request_header,
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        config.pools[0].timeouts.tunnel_idle,
+        Duration::from_secs(86_400)
+    );
+    assert_eq!(
+        config.pools[0].timeouts.connect,
+        PoolTimeouts::default().connect
+    );
+}
+
+#[test]
+fn listeners_on_port_zero_do_not_clash() {
+    let config = parse_ok(
+        r#"
+[[listener]]
+name = "a"
+bind = "127.0.0.1:0"
+[[listener.route]]
+pool = "web"
+[[listener]]
+name = "b"
+bind = "127.0.0.1:0"
+[[listener.route]]
+pool = "web"
+[pool.web]
+servers = ["127.0.0.1:4000"]
+"#,
+    );
+    assert_eq!(config.listeners.len(), 2);
+}
+
+#[test]
+fn unknown_key_suggests_the_closest_known_key() {
+    assert_single_error(
+        r#"[[listener]]
+name = "a"
+bind = "127.0.0.1:8080"
+[[listener.route]]
+path_prefx = "/api/"
+pool = "web"
+[pool.web]
+servers = ["127.0.0.1:4000"]
+"#,
+        "wharf.toml:5:1: unknown key `path_prefx` in [[listener.route]]; did you mean `path_prefix`?",
+    );
+}
+
+#[test]
+fn unknown_key_far_from_any_known_key_gets_no_suggestion() {
+    assert_single_error(
+        r#"[[listener]]
+name = "a"
+bind = "127.0.0.1:8080"
+[[listener.route]]
+pool = "web"
+[pool.web]
+servers = ["127.0.0.1:4000"]
+colour = "blue"
+"#,
+        "wharf.toml:8:1: unknown key `colour` in [pool.web]",
+    );
+}
+
+#[test]
+fn route_to_a_missing_pool_points_at_the_pool_name() {
+    assert_single_error(
+        r#"[[listener]]
+name = "a"
+bind = "127.0.0.1:8080"
+[[listener.route]]
+pool = "api"
+[pool.web]
+servers = ["127.0.0.1:4000"]
+"#,
+        "wharf.toml:5:8: route refers to pool `api`, which is not defined",
+    );
+}
+
+#[test]
+fn duplicate_listener_names_and_binds_are_errors() {
+    let errors = errors(
+        r#"[[listener]]
+name = "public"
+bind = "0.0.0.0:80"
+[[listener.route]]
+pool = "web"
+
+[[listener]]
+name = "public"
+bind = "127.0.0.1:80"
+[[listener.route]]
+pool = "web"
+
+[[listener]]
+name = "other"
+bind = "0.0.0.0:80"
+[[listener.route]]
+pool = "web"
+
+[pool.web]
+servers = ["127.0.0.1:4000"]
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "wharf.toml:8:8: listener name `public` is already used by the listener at line 2",
+            "wharf.toml:9:8: `bind` 127.0.0.1:80 overlaps 0.0.0.0:80, used by the listener at line 3",
+            "wharf.toml:15:8: `bind` 0.0.0.0:80 is already used by the listener at line 3",
+        ]
+    );
+}
+
+/// A one-listener config whose listener has `bind = <bind>`.
+fn with_bind(bind: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"a\"\nbind = {bind}\n[[listener.route]]\npool = \"web\"\n\
+         [pool.web]\nservers = [\"127.0.0.1:4000\"]\n"
+    )
+}
+
+#[test]
+fn bad_bind_addresses_are_explained() {
+    assert_single_error(
+        &with_bind("\"example.com:80\""),
+        "wharf.toml:3:8: `bind` must be an address like 127.0.0.1:8080, not \"example.com:80\"",
+    );
+    assert_single_error(
+        &with_bind("\"127.0.0.1\""),
+        "wharf.toml:3:8: `bind` must be an address like 127.0.0.1:8080, not \"127.0.0.1\"",
+    );
+    assert_single_error(
+        &with_bind("8080"),
+        "wharf.toml:3:8: `bind` must be a string, not an integer",
+    );
+    let config = parse_ok(&with_bind("\"[::1]:8080\""));
+    assert_eq!(config.listeners[0].bind, addr("[::1]:8080"));
+}
+
+/// A one-pool config whose pool has `timeouts = { <timeouts> }`.
+fn with_pool_timeouts(timeouts: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:8080\"\n[[listener.route]]\npool = \"web\"\n\
+         [pool.web]\nservers = [\"127.0.0.1:4000\"]\ntimeouts = {{ {timeouts} }}\n"
+    )
+}
+
+#[test]
+fn bad_durations_are_explained() {
+    assert_single_error(
+        &with_pool_timeouts("connect = \"5\""),
+        "wharf.toml:8:24: `connect` is not a valid duration: \"5\" has no unit; add one of ms, s, m, h, d, as in \"5s\"",
+    );
+    assert_single_error(
+        &with_pool_timeouts("response = \"10 seconds\""),
+        "wharf.toml:8:25: `response` is not a valid duration: \"10 seconds\" has an unknown unit \" seconds\"; use ms, s, m, h or d",
+    );
+    assert_single_error(
+        &with_pool_timeouts("tunnel_idle = \"0s\""),
+        "wharf.toml:8:28: `tunnel_idle` must be longer than zero",
+    );
+    assert_single_error(
+        &with_pool_timeouts("server_idle = 4"),
+        "wharf.toml:8:28: `server_idle` must be a duration string like \"5s\", not an integer",
+    );
+}
+
+/// A one-pool config whose pool has `servers = <servers>`.
+fn with_servers(servers: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:8080\"\n[[listener.route]]\npool = \"web\"\n\
+         [pool.web]\nservers = {servers}\n"
+    )
+}
+
+#[test]
+fn bad_weights_and_servers_are_explained() {
+    assert_single_error(
+        &with_servers(r#"[{ address = "127.0.0.1:1", weight = 0 }]"#),
+        "wharf.toml:7:48: `weight` must be between 1 and 1000, not 0",
+    );
+    assert_single_error(
+        &with_servers(r#"[{ address = "127.0.0.1:1", weight = 1001 }]"#),
+        "wharf.toml:7:48: `weight` must be between 1 and 1000, not 1001",
+    );
+    assert_single_error(
+        &with_servers(r#"[{ address = "127.0.0.1:1", weight = "2" }]"#),
+        "wharf.toml:7:48: `weight` must be an integer, not a string",
+    );
+    assert_single_error(
+        &with_servers(r#"["127.0.0.1:1", "127.0.0.1:1"]"#),
+        "wharf.toml:7:27: server 127.0.0.1:1 is listed twice in [pool.web]",
+    );
+    assert_single_error(
+        &with_servers("[]"),
+        "wharf.toml:7:11: `servers` is empty; a pool needs at least one server",
+    );
+    assert_single_error(
+        &with_servers(r#"[{ weight = 2 }]"#),
+        "wharf.toml:7:12: the server table of [pool.web] is missing `address`",
+    );
+    let localhost = errors(&with_servers(r#"["localhost:3000"]"#));
+    assert_eq!(localhost.len(), 1);
+    assert!(
+        localhost[0].starts_with("wharf.toml:7:12: a server address must be like 127.0.0.1:3001"),
+        "{localhost:?}"
+    );
+}
+
+/// A one-route config whose route has `upgrades = <upgrades>`.
+fn with_upgrades(upgrades: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:8080\"\n[[listener.route]]\npool = \"web\"\n\
+         upgrades = {upgrades}\n[pool.web]\nservers = [\"127.0.0.1:4000\"]\n"
+    )
+}
+
+#[test]
+fn h2c_upgrades_are_refused_with_the_reason() {
+    let errors = errors(&with_upgrades(r#"["websocket", "H2C"]"#));
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].starts_with("wharf.toml:6:26: `h2c` cannot be allowed to upgrade"),
+        "{errors:?}"
+    );
+    assert!(errors[0].contains("past wharf"), "{errors:?}");
+}
+
+#[test]
+fn upgrade_names_must_be_tokens_and_may_be_empty() {
+    assert_single_error(
+        &with_upgrades(r#"["web socket"]"#),
+        "wharf.toml:6:13: upgrade protocol \"web socket\" is not a valid protocol name (an HTTP token such as \"websocket\")",
+    );
+    let config = parse_ok(&with_upgrades("[]"));
+    assert!(config.listeners[0].routes[0].upgrades.is_empty());
+}
+
+/// A one-route config whose route has `host = <host>`.
+fn with_host(host: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:8080\"\n[[listener.route]]\nhost = {host}\npool = \"web\"\n\
+         [pool.web]\nservers = [\"127.0.0.1:4000\"]\n"
+    )
+}
+
+#[test]
+fn bad_hosts_are_refused() {
+    for host in [
+        "\"\"",
+        "\"app example.com\"",
+        "\"app.example.com:8080\"",
+        "\"a*.example.com\"",
+        "\"*\"",
+    ] {
+        let errors = errors(&with_host(host));
+        assert_eq!(errors.len(), 1, "{host}: {errors:?}");
+        assert!(
+            errors[0].starts_with("wharf.toml:5:8: `host` "),
+            "{host}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn a_syntax_error_is_reported_with_the_toml_message_and_position() {
+    let errors = errors(
+        r#"[[listener]]
+name = "a"
+bind = "127.0.0.1:8080"
+[[listener.route]]
+pool = web
+[pool.web]
+servers = ["127.0.0.1:4000"]
+"#,
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("wharf.toml:5:8: string values must be quoted"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_syntax_error_does_not_hide_mistakes_elsewhere() {
+    let errors = errors(
+        r#"[[listener]]
+name = "a"
+bind = "127.0.0.1:8080"
+max_conections = 10
+[[listener.route]]
+pool = "web"
+[pool.web]
+servers = ["127.0.0.1:4000",
+"#,
+    );
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(
+        errors[0],
+        "wharf.toml:4:1: unknown key `max_conections` in [[listener]]; did you mean `max_connections`?"
+    );
+    assert!(
+        errors[1].starts_with("wharf.toml:8:29: unclosed array"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn echoes_of_a_syntax_error_are_not_reported() {
+    // The broken header loses [pool.web]; "pool `web` is not defined" would be noise.
+    let errors = errors(
+        r#"[[listener]]
+name = "a"
+bind = "127.0.0.1:8080"
+[[listener.route]]
+pool = "web"
+[pool.web
+servers = ["127.0.0.1:4000"]
+"#,
+    );
+    assert!(
+        errors[0].starts_with("wharf.toml:6:10: unclosed table"),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().all(|e| !e.contains("not defined")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn duplicate_toml_keys_are_reported() {
+    assert_single_error(
+        r#"[[listener]]
+name = "a"
+name = "b"
+bind = "127.0.0.1:8080"
+[[listener.route]]
+pool = "web"
+[pool.web]
+servers = ["127.0.0.1:4000"]
+"#,
+        "wharf.toml:3:1: duplicate key `name`",
+    );
+}
+
+#[test]
+fn every_mistake_in_a_file_is_reported_at_once_in_file_order() {
+    let errors = errors(
+        r#"[[listener]]
+name = ""
+bind = "127.0.0.1:80"
+max_connections = -5
+
+[[listener.route]]
+host = "app.example.com"
+pool = "realtime"
+upgrades = ["websocket", "h2c"]
+
+[[listener]]
+bind = "127.0.0.1:81"
+
+[pool.realtime]
+servers = ["127.0.0.1:3001", { address = "127.0.0.1:3002", wieght = 2 }]
+balance = "fastest"
+timeouts = { connect = "3", response = "60s" }
+idle_connections = "many"
+"#,
+    );
+    let h2c = errors
+        .iter()
+        .position(|e| e.starts_with("wharf.toml:9:26: `h2c` cannot be allowed"));
+    assert!(h2c.is_some(), "{errors:?}");
+    let others: Vec<&str> = errors
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != h2c)
+        .map(|(_, e)| e.as_str())
+        .collect();
+    assert_eq!(
+        others,
+        [
+            "wharf.toml:2:8: `name` must not be empty",
+            "wharf.toml:4:19: `max_connections` must be at least 1, not -5",
+            "wharf.toml:11:1: [[listener]] is missing `name`",
+            "wharf.toml:11:1: the listener has no [[listener.route]]; add at least one to say which pool gets its requests",
+            "wharf.toml:15:60: unknown key `wieght` in the server table of [pool.realtime]; did you mean `weight`?",
+            "wharf.toml:16:11: `balance` must be \"round_robin\", \"least_conn\" or \"random_two\", not \"fastest\"",
+            "wharf.toml:17:24: `connect` is not a valid duration: \"3\" has no unit; add one of ms, s, m, h, d, as in \"3s\"",
+            "wharf.toml:18:20: `idle_connections` must be an integer, not a string",
+        ]
+    );
+}
+
+#[test]
+fn an_empty_file_has_no_listener() {
+    assert_single_error(
+        "",
+        "wharf.toml:1:1: the config has no [[listener]]; add one with a `name`, a `bind` address and a [[listener.route]]",
+    );
+}
+
+#[test]
+fn contract_keys_not_implemented_yet_are_errors_not_ignored() {
+    let errors = errors(
+        r#"[admin]
+bind = "127.0.0.1:9090"
+
+[[listener]]
+name = "public"
+bind = "0.0.0.0:8443"
+proxy_protocol = ["10.0.0.0/8"]
+
+[listener.tls]
+certificates = []
+
+[[listener.route]]
+pool = "realtime"
+
+[pool.realtime]
+servers = ["127.0.0.1:3001"]
+balance = "hash:source_ip"
+sticky = { cookie = "wharf" }
+timeouts = { connect = "3s", queue = "5s" }
+
+[pool.legacy]
+mode = "tcp"
+servers = ["127.0.0.1:4000"]
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "wharf.toml:1:2: `admin` is not supported by this version of wharf yet",
+            "wharf.toml:7:1: `proxy_protocol` is not supported by this version of wharf yet",
+            "wharf.toml:9:11: `tls` is not supported by this version of wharf yet",
+            "wharf.toml:17:11: hash balancing is not supported by this version of wharf yet",
+            "wharf.toml:18:1: `sticky` is not supported by this version of wharf yet",
+            "wharf.toml:19:30: `queue` is not supported by this version of wharf yet",
+            "wharf.toml:22:8: `mode = \"tcp\"` is not supported by this version of wharf yet",
+        ]
+    );
+}
+
+#[test]
+fn odd_input_never_panics() {
+    let inputs = [
+        "\u{feff}",
+        "[[listener]]\nname = \"é\"\nbind = \"[::1]:99999\"\n",
+        "listener = [1, \"x\", { route = 5 }]",
+        "[[listener]]\n[[listener.route]]\n[[listener.route.x]]\n",
+        "pool = { a = 1, b = { servers = [[1]] } }",
+        "[pool.a]\nservers = [{ address = 1, weight = 99999999999999999999 }]\n",
+        "a = 1979-05-27\n[[",
+        "\"\u{0}\" = 1",
+    ];
+    for input in inputs {
+        let result = parse_str("odd.toml", input);
+        assert!(result.is_err(), "{input:?} should be rejected");
+    }
+}
