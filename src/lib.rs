@@ -15,11 +15,15 @@
 //! - [`upstream`]: a pool's runtime state: servers, their load, idle connections.
 //! - [`balance`]: the balancing algorithms.
 //! - [`tunnel`]: copies bytes both ways for upgraded connections.
+//! - [`health`]: active health checks feeding server state.
+//! - [`admin`]: the admin API (server states; drain, maintenance, ready).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod http;
 pub mod listener;
 pub mod route;

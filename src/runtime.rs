@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::listener;
+use crate::{admin, health, listener};
 use crate::upstream::Pool;
 
 /// One consistent view of the config and the pools built from it.
@@ -73,6 +73,7 @@ pub enum StartError {
 /// A running wharf: its bound listeners and a way to stop it.
 pub struct Running {
     listeners: Vec<(String, SocketAddr)>,
+    admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -85,6 +86,11 @@ impl Running {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, addr)| *addr)
+    }
+
+    /// The bound address of the admin API, if the config has `[admin]`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The runtime state, for inspection (tests, admin).
@@ -120,6 +126,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         })?;
         bound.push((index, listener.name.clone(), addr, socket));
     }
+    let admin_socket = match &config.admin {
+        Some(admin) => Some(TcpListener::bind(admin.bind).await.map_err(|source| {
+            StartError::Bind {
+                name: "admin".to_owned(),
+                addr: admin.bind,
+                source,
+            }
+        })?),
+        None => None,
+    };
 
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
@@ -133,9 +149,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks.push(tokio::spawn(task));
         listeners.push((name, addr));
     }
+    let mut admin_addr = None;
+    if let Some(socket) = admin_socket {
+        let addr = socket.local_addr().ok();
+        if let Some(addr) = addr {
+            tracing::info!(%addr, "admin API listening");
+        }
+        admin_addr = addr;
+        let task = admin::serve(socket, shared.clone(), shutdown_rx.clone());
+        tasks.push(tokio::spawn(task));
+    }
+    for pool in shared.snapshot().pools() {
+        health::spawn_checks(pool, shutdown_rx.clone());
+    }
     tokio::spawn(expire_idle_connections(Arc::downgrade(&shared)));
     Ok(Running {
         listeners,
+        admin_addr,
         shutdown,
         tasks,
         shared,

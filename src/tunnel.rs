@@ -37,6 +37,8 @@ pub enum TunnelEnd {
     Closed,
     /// No byte moved either way for the idle timeout.
     IdleTimeout,
+    /// The server was drained and its drain timeout passed.
+    Drained,
     /// A socket failed (reset, broken pipe).
     Error(io::Error),
 }
@@ -137,6 +139,7 @@ enum Event {
     ServerReadable(io::Result<()>),
     ClientWritable(io::Result<()>),
     Timer,
+    Closing,
 }
 
 /// Carries bytes between `client` and `server` until both have finished
@@ -145,12 +148,14 @@ enum Event {
 /// followed the HTTP head in the same packet) that must go to the other side
 /// first. They are taken by value and dropped once sent: they may share an
 /// allocation with hyper's whole read buffer, which an idle tunnel must not keep.
+/// When `closing` resolves (the server's drain deadline), the tunnel ends.
 pub async fn run(
     mut client: TcpStream,
     mut server: TcpStream,
     client_early: Bytes,
     server_early: Bytes,
     idle_timeout: Duration,
+    closing: impl Future<Output = ()>,
 ) -> TunnelReport {
     let mut up = Flow {
         bytes: client_early.len() as u64,
@@ -162,7 +167,10 @@ pub async fn run(
     };
     let sent_early = send_early(&mut client, &mut server, client_early, server_early).await;
     let end = match sent_early {
-        Ok(()) => carry(&mut client, &mut server, &mut up, &mut down, idle_timeout).await,
+        Ok(()) => {
+            let flows = (&mut up, &mut down);
+            carry(&mut client, &mut server, flows, idle_timeout, closing).await
+        }
         Err(e) => TunnelEnd::Error(e),
     };
     TunnelReport {
@@ -190,10 +198,11 @@ async fn send_early(
 async fn carry(
     client: &mut TcpStream,
     server: &mut TcpStream,
-    up: &mut Flow,
-    down: &mut Flow,
+    (up, down): (&mut Flow, &mut Flow),
     idle_timeout: Duration,
+    closing: impl Future<Output = ()>,
 ) -> TunnelEnd {
+    tokio::pin!(closing);
     let (client_read, mut client_write) = client.split();
     let (server_read, mut server_write) = server.split();
     // The timer is only reset when it fires, from the last activity, so that
@@ -210,6 +219,7 @@ async fn carry(
                 r = server_read.readable(), if down.wants_read() => Event::ServerReadable(r),
                 r = client_write.writable(), if down.has_pending() => Event::ClientWritable(r),
                 () = &mut timer => Event::Timer,
+                () = &mut closing => Event::Closing,
             };
             let moved = match event {
                 Event::ClientReadable(r) => {
@@ -220,6 +230,7 @@ async fn carry(
                     r.and_then(|()| down.read_through(&server_read, &client_write))?
                 }
                 Event::ClientWritable(r) => r.and_then(|()| down.write_pending(&client_write))?,
+                Event::Closing => return Ok(TunnelEnd::Drained),
                 Event::Timer => {
                     let deadline = last_activity + idle_timeout;
                     if Instant::now() >= deadline {

@@ -140,6 +140,7 @@ fn full_config_parses_into_the_model() {
             response: Duration::from_secs(30),
             tunnel_idle: Duration::from_secs(5400),
             server_idle: Duration::from_millis(500),
+            queue: Duration::from_secs(5),
         }
     );
     assert_eq!(realtime.idle_connections, 0);
@@ -607,12 +608,10 @@ servers = ["127.0.0.1:4000"]
     assert_eq!(
         errors,
         [
-            "wharf.toml:1:2: `admin` is not supported by this version of wharf yet",
             "wharf.toml:7:1: `proxy_protocol` is not supported by this version of wharf yet",
             "wharf.toml:9:11: `tls` is not supported by this version of wharf yet",
             "wharf.toml:17:11: hash balancing is not supported by this version of wharf yet",
             "wharf.toml:18:1: `sticky` is not supported by this version of wharf yet",
-            "wharf.toml:19:30: `queue` is not supported by this version of wharf yet",
             "wharf.toml:22:8: `mode = \"tcp\"` is not supported by this version of wharf yet",
         ]
     );
@@ -634,4 +633,87 @@ fn odd_input_never_panics() {
         let result = parse_str("odd.toml", input);
         assert!(result.is_err(), "{input:?} should be rejected");
     }
+}
+
+#[test]
+fn health_limits_and_ejection_keys_parse_with_defaults() {
+    let config = parse_ok(
+        r#"
+[admin]
+bind = "127.0.0.1:9090"
+
+[[listener]]
+name = "a"
+bind = "127.0.0.1:0"
+[[listener.route]]
+pool = "checked"
+
+[pool.checked]
+servers = ["127.0.0.1:4000"]
+health = { path = "/health", host = "app.internal", interval = "100ms", timeout = "50ms", rise = 1, fall = 4 }
+max_connections = 10
+queue_size = 20
+drain_timeout = "30s"
+retries = 0
+ejection = { connect_failures = 2, server_errors = 0, base_time = "1s", max_time = "10s" }
+timeouts = { queue = "250ms" }
+
+[pool.plain]
+servers = ["127.0.0.1:4001"]
+health = {}
+"#,
+    );
+    assert_eq!(config.admin.as_ref().map(|a| a.bind), Some(addr("127.0.0.1:9090")));
+    let checked = config.pool("checked").expect("checked");
+    let health = checked.health.as_ref().expect("health");
+    assert_eq!(
+        health.check,
+        wharf::config::HealthCheck::Http {
+            path: "/health".into(),
+            host: Some("app.internal".into())
+        }
+    );
+    assert_eq!((health.interval, health.timeout), (Duration::from_millis(100), Duration::from_millis(50)));
+    assert_eq!((health.rise, health.fall), (1, 4));
+    assert_eq!(checked.max_connections, Some(10));
+    assert_eq!(checked.queue_size, 20);
+    assert_eq!(checked.drain_timeout, Duration::from_secs(30));
+    assert_eq!(checked.retries, 0);
+    assert_eq!(checked.ejection.connect_failures, 2);
+    assert_eq!(checked.ejection.server_errors, 0);
+    assert_eq!(checked.timeouts.queue, Duration::from_millis(250));
+
+    let plain = config.pool("plain").expect("plain");
+    let health = plain.health.as_ref().expect("tcp health");
+    assert_eq!(health.check, wharf::config::HealthCheck::Tcp);
+    assert_eq!(health.rise, wharf::config::HealthConfig::DEFAULT_RISE);
+    assert_eq!(plain.max_connections, None);
+    assert_eq!(plain.retries, wharf::config::DEFAULT_RETRIES);
+}
+
+#[test]
+fn bad_health_and_limit_values_are_reported_together() {
+    let errors = errors(
+        r#"[[listener]]
+name = "a"
+bind = "127.0.0.1:0"
+[[listener.route]]
+pool = "p"
+[pool.p]
+servers = ["127.0.0.1:4000"]
+health = { path = "health", interval = "10ms", rise = 0 }
+max_connections = 0
+retries = 99
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "wharf.toml:8:19: health `path` must start with / and have no spaces, not \"health\"",
+            "wharf.toml:8:40: health `interval` must be at least 100ms",
+            "wharf.toml:8:55: health `rise` must be between 1 and 100, not 0",
+            "wharf.toml:9:19: `max_connections` must be at least 1, not 0",
+            "wharf.toml:10:11: `retries` must be 10 at most, not 99",
+        ]
+    );
 }

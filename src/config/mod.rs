@@ -29,6 +29,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// The whole validated config file.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The admin API (server states, and later metrics and status), if any.
+    pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,
     /// In file order; names are unique.
     pub pools: Vec<PoolConfig>,
@@ -38,6 +40,12 @@ impl Config {
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name == name)
     }
+}
+
+/// `[admin]`: where the admin API listens. Keep it on a private address.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
 }
 
 /// One `[[listener]]`: a port and its routes.
@@ -100,6 +108,73 @@ pub struct PoolConfig {
     pub timeouts: PoolTimeouts,
     /// Idle keep-alive connections kept per server.
     pub idle_connections: usize,
+    /// Active health checks; without them a server is up until it fails.
+    pub health: Option<HealthConfig>,
+    /// Requests and tunnels open to one server at most; beyond it requests queue.
+    pub max_connections: Option<usize>,
+    /// Requests that may wait for a free server at most; beyond it: 503.
+    pub queue_size: usize,
+    /// A drained server's tunnels are closed by then.
+    pub drain_timeout: Duration,
+    /// Further servers tried when a request could not be delivered.
+    pub retries: usize,
+    /// Passive health: when failing requests eject a server.
+    pub ejection: EjectionPolicy,
+}
+
+pub const DEFAULT_QUEUE_SIZE: usize = 1000;
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_RETRIES: usize = 2;
+
+/// `health = { ... }`: an active check, repeated every `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub check: HealthCheck,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down server up.
+    pub rise: u32,
+    /// Consecutive failures that bring an up server down.
+    pub fall: u32,
+}
+
+impl HealthConfig {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const DEFAULT_RISE: u32 = 2;
+    pub const DEFAULT_FALL: u32 = 3;
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// Connects; success is an accepted connection.
+    Tcp,
+    /// `GET path` with `Host: host` (default: the server's address); success is 2xx or 3xx.
+    Http { path: String, host: Option<String> },
+}
+
+/// `ejection = { ... }`: when failing requests eject a server (passive health).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EjectionPolicy {
+    /// Consecutive connection failures that eject (0: never).
+    pub connect_failures: u32,
+    /// Consecutive 5xx answers (or resets without an answer) that eject (0: never).
+    pub server_errors: u32,
+    /// The first ejection's length; each repeat doubles it, up to `max_time`.
+    pub base_time: Duration,
+    pub max_time: Duration,
+}
+
+impl Default for EjectionPolicy {
+    fn default() -> Self {
+        EjectionPolicy {
+            connect_failures: 1,
+            server_errors: 5,
+            base_time: Duration::from_secs(2),
+            max_time: Duration::from_secs(60),
+        }
+    }
 }
 
 /// One server of a pool.
@@ -131,6 +206,8 @@ pub struct PoolTimeouts {
     pub response: Duration,
     /// A tunnel (websocket, TCP) with no bytes either way for this long is closed.
     pub tunnel_idle: Duration,
+    /// A request waiting for a server under `max_connections` gets 503 after this.
+    pub queue: Duration,
     /// Idle keep-alive connections to a server are closed after this. The default
     /// (4s) is below Node.js's 5s `keepAliveTimeout`, so wharf closes first and never
     /// sends a request on a connection the server is closing.
@@ -143,6 +220,7 @@ impl Default for PoolTimeouts {
             connect: Duration::from_secs(3),
             response: Duration::from_secs(60),
             tunnel_idle: Duration::from_secs(3600),
+            queue: Duration::from_secs(5),
             server_idle: Duration::from_secs(4),
         }
     }

@@ -16,7 +16,8 @@ use super::reader::{
     Collector, DurationStr, Field, Read, Table, closest, is_bare_key_char, type_name,
 };
 use super::{
-    BalanceConfig, Config, ConfigErrors, DEFAULT_IDLE_CONNECTIONS,
+    AdminConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES, EjectionPolicy,
+    HealthCheck, HealthConfig, BalanceConfig, Config, ConfigErrors, DEFAULT_IDLE_CONNECTIONS,
     DEFAULT_LISTENER_MAX_CONNECTIONS, HostMatch, ListenerConfig, ListenerTimeouts, PoolConfig,
     PoolTimeouts, RouteConfig, ServerConfig, parse_duration,
 };
@@ -26,16 +27,9 @@ use super::{
 /// asked for TLS must not silently get plaintext. Remove an entry when its
 /// feature lands.
 mod not_yet {
-    pub const TOP_LEVEL: &[&str] = &["admin"];
+    pub const TOP_LEVEL: &[&str] = &[];
     pub const LISTENER: &[&str] = &["proxy_protocol", "tcp_pool", "flash_policy", "tls"];
-    pub const POOL: &[&str] = &[
-        "sticky",
-        "health",
-        "max_connections",
-        "drain_timeout",
-        "send_proxy_protocol",
-    ];
-    pub const POOL_TIMEOUTS: &[&str] = &["queue"];
+    pub const POOL: &[&str] = &["sticky", "send_proxy_protocol"];
     /// Values of a pool's `mode` (the contract has "http" and "tcp").
     pub const POOL_MODES: &[&str] = &["tcp"];
     /// Prefixes of `balance` values, with the feature's name for the message.
@@ -59,6 +53,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
 
 fn read_config(mut root: Table<'_>) -> Read<Config> {
     root.not_yet(not_yet::TOP_LEVEL);
+    let admin = read_admin(&mut root);
     let pool_tables = root.named_tables("pool");
     // `None` when `pool` itself is malformed: then routes cannot be checked against it.
     let defined: Option<Vec<&str>> = pool_tables
@@ -73,9 +68,22 @@ fn read_config(mut root: Table<'_>) -> Read<Config> {
     let listeners = read_listeners(&mut root, defined.as_deref());
     root.finish();
     Ok(Config {
+        admin: admin?,
         listeners: listeners?,
         pools: pools?,
     })
+}
+
+/// `[admin] bind = "127.0.0.1:9090"`.
+fn read_admin(root: &mut Table<'_>) -> Read<Option<AdminConfig>> {
+    let Some(mut t) = root.table("admin")? else {
+        return Ok(None);
+    };
+    let bind = t.required("bind", |s: &str| {
+        parse_bind(s).ok_or_else(|| format!("`bind` must be an address like 127.0.0.1:9090, not {s:?}"))
+    });
+    t.finish();
+    Ok(Some(AdminConfig { bind: bind? }))
 }
 
 /// Reads every item (each reports its own mistakes) before giving up on any.
@@ -363,6 +371,21 @@ fn read_pool(name: Field<&str>, mut t: Table<'_>) -> Read<PoolConfig> {
     let idle_connections = t.optional("idle_connections", DEFAULT_IDLE_CONNECTIONS, |n: i64| {
         non_negative("idle_connections", n)
     });
+    let health = read_health(&mut t);
+    let max_connections = t.optional("max_connections", None, |n: i64| {
+        positive("max_connections", n).map(Some)
+    });
+    let queue_size = t.optional("queue_size", DEFAULT_QUEUE_SIZE, |n: i64| {
+        non_negative("queue_size", n)
+    });
+    let drain_timeout = duration(&mut t, "drain_timeout", DEFAULT_DRAIN_TIMEOUT);
+    let retries = t.optional("retries", DEFAULT_RETRIES, |n: i64| {
+        non_negative("retries", n).and_then(|n| match n {
+            0..=10 => Ok(n),
+            _ => Err(format!("`retries` must be 10 at most, not {n}")),
+        })
+    });
+    let ejection = read_ejection(&mut t);
     t.finish();
     valid_name?;
     mode?;
@@ -372,6 +395,95 @@ fn read_pool(name: Field<&str>, mut t: Table<'_>) -> Read<PoolConfig> {
         balance: balance?,
         timeouts: timeouts?,
         idle_connections: idle_connections?,
+        health: health?,
+        max_connections: max_connections?,
+        queue_size: queue_size?,
+        drain_timeout: drain_timeout?,
+        retries: retries?,
+        ejection: ejection?,
+    })
+}
+
+/// `health = { path, host, interval, timeout, rise, fall }`; without `path`, a TCP connect check.
+fn read_health(t: &mut Table<'_>) -> Read<Option<HealthConfig>> {
+    let Some(mut h) = t.table("health")? else {
+        return Ok(None);
+    };
+    let path = h.optional("path", None, |s: &str| {
+        if s.starts_with('/') && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Ok(Some(s.to_owned()))
+        } else {
+            Err(format!("health `path` must start with / and have no spaces, not {s:?}"))
+        }
+    });
+    let host = h.optional("host", None, |s: &str| {
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(Some(s.to_owned()))
+        } else {
+            Err(format!("health `host` must be a host name like app.internal, not {s:?}"))
+        }
+    });
+    let interval = h.optional("interval", HealthConfig::DEFAULT_INTERVAL, |DurationStr(s)| {
+        let interval = nonzero_duration("interval", s)?;
+        match interval < MIN_HEALTH_INTERVAL {
+            true => Err(format!("health `interval` must be at least {MIN_HEALTH_INTERVAL:?}")),
+            false => Ok(interval),
+        }
+    });
+    let timeout = duration(&mut h, "timeout", HealthConfig::DEFAULT_TIMEOUT);
+    let rise = h.optional("rise", HealthConfig::DEFAULT_RISE, |n: i64| threshold("rise", n));
+    let fall = h.optional("fall", HealthConfig::DEFAULT_FALL, |n: i64| threshold("fall", n));
+    let (errors, span) = (h.errors(), h.span().clone());
+    h.finish();
+    let (path, host) = (path?, host?);
+    if host.is_some() && path.is_none() {
+        return Err(errors.error(
+            &span,
+            "health `host` needs a `path`: without one the check is a TCP connect",
+        ));
+    }
+    let check = match path {
+        Some(path) => HealthCheck::Http { path, host },
+        None => HealthCheck::Tcp,
+    };
+    Ok(Some(HealthConfig {
+        check,
+        interval: interval?,
+        timeout: timeout?,
+        rise: rise?,
+        fall: fall?,
+    }))
+}
+
+/// Checks more often than this would load servers for little gain.
+const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+
+fn threshold(key: &str, n: i64) -> Result<u32, String> {
+    match u32::try_from(n) {
+        Ok(n) if (1..=100).contains(&n) => Ok(n),
+        _ => Err(format!("health `{key}` must be between 1 and 100, not {n}")),
+    }
+}
+
+/// `ejection = { connect_failures, server_errors, base_time, max_time }`.
+fn read_ejection(t: &mut Table<'_>) -> Read<EjectionPolicy> {
+    let defaults = EjectionPolicy::default();
+    let Some(mut e) = t.table("ejection")? else {
+        return Ok(defaults);
+    };
+    let count = |key: &'static str| {
+        move |n: i64| u32::try_from(n).map_err(|_| format!("`{key}` must be 0 or more, not {n}"))
+    };
+    let connect_failures = e.optional("connect_failures", defaults.connect_failures, count("connect_failures"));
+    let server_errors = e.optional("server_errors", defaults.server_errors, count("server_errors"));
+    let base_time = duration(&mut e, "base_time", defaults.base_time);
+    let max_time = duration(&mut e, "max_time", defaults.max_time);
+    e.finish();
+    Ok(EjectionPolicy {
+        connect_failures: connect_failures?,
+        server_errors: server_errors?,
+        base_time: base_time?,
+        max_time: max_time?,
     })
 }
 
@@ -512,17 +624,18 @@ fn read_pool_timeouts(t: &mut Table<'_>) -> Read<PoolTimeouts> {
     let Some(mut timeouts) = t.table("timeouts")? else {
         return Ok(defaults);
     };
-    timeouts.not_yet(not_yet::POOL_TIMEOUTS);
     let connect = duration(&mut timeouts, "connect", defaults.connect);
     let response = duration(&mut timeouts, "response", defaults.response);
     let tunnel_idle = duration(&mut timeouts, "tunnel_idle", defaults.tunnel_idle);
     let server_idle = duration(&mut timeouts, "server_idle", defaults.server_idle);
+    let queue = duration(&mut timeouts, "queue", defaults.queue);
     timeouts.finish();
     Ok(PoolTimeouts {
         connect: connect?,
         response: response?,
         tunnel_idle: tunnel_idle?,
         server_idle: server_idle?,
+        queue: queue?,
     })
 }
 
@@ -530,14 +643,15 @@ fn read_pool_timeouts(t: &mut Table<'_>) -> Read<PoolTimeouts> {
 
 /// An optional timeout; zero is refused since it would time out at once.
 fn duration(t: &mut Table<'_>, key: &'static str, default: Duration) -> Read<Duration> {
-    t.optional(key, default, |DurationStr(s)| {
-        let duration =
-            parse_duration(s).map_err(|e| format!("`{key}` is not a valid duration: {e}"))?;
-        if duration.is_zero() {
-            return Err(format!("`{key}` must be longer than zero"));
-        }
-        Ok(duration)
-    })
+    t.optional(key, default, |DurationStr(s)| nonzero_duration(key, s))
+}
+
+fn nonzero_duration(key: &str, s: &str) -> Result<Duration, String> {
+    let duration = parse_duration(s).map_err(|e| format!("`{key}` is not a valid duration: {e}"))?;
+    if duration.is_zero() {
+        return Err(format!("`{key}` must be longer than zero"));
+    }
+    Ok(duration)
 }
 
 fn positive(key: &str, n: i64) -> Result<usize, String> {

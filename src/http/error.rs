@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::upstream::ConnectError;
+use crate::upstream::{ConnectError, Unavailable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -18,8 +18,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(&'static str),
-    #[error("no server available")]
-    NoServer,
+    #[error("{0}")]
+    Unavailable(#[from] Unavailable),
     #[error("cannot connect to server: {0}")]
     Connect(#[source] ConnectError),
     #[error("server did not answer within {0:?}")]
@@ -36,7 +36,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             // As nginx: a server that cannot be reached in time is a timeout.
             ProxyError::Connect(ConnectError::Timeout(_)) | ProxyError::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -59,11 +59,5 @@ impl ProxyError {
             }
             _ => "502 Bad Gateway: the server failed to answer\n",
         }
-    }
-
-    /// Whether the request may be tried on another server: nothing of it
-    /// has reached the failed one.
-    pub fn before_request_sent(&self) -> bool {
-        matches!(self, ProxyError::Connect(_))
     }
 }

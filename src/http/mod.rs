@@ -1,7 +1,8 @@
 //! HTTP: serves HTTP/1.1 to clients and forwards each request to a server.
 //!
 //! - [`serve`]: one client connection, driven by hyper, with upgrades enabled.
-//! - `proxy`: one request: route, choose a server, forward, stream back.
+//! - `proxy`: one request: route, rewrite, forward, stream the answer back.
+//! - `send`: delivery to a server of the pool, with retries where safe.
 //! - `upgrade`: a 101 answer turned into a tunnel.
 //! - `headers`: hop-by-hop removal and forwarding headers.
 //! - `error`: what a failure costs the client (status, body).
@@ -10,6 +11,7 @@ mod body;
 mod error;
 pub mod headers;
 mod proxy;
+mod send;
 mod upgrade;
 
 use std::net::SocketAddr;

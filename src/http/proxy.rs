@@ -9,21 +9,17 @@ use std::time::Instant;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 
 use super::body::{self, Counted, ResponseBody};
 use super::error::ProxyError;
 use super::headers::{self, ClientInfo};
+use super::send::{return_when_idle, send_with_retries};
 use super::{ClientConnection, upgrade};
-use crate::config::{PoolTimeouts, RouteConfig};
+use crate::config::RouteConfig;
 use crate::runtime::{Shared, Snapshot};
-use crate::upstream::{
-    ActiveGuard, Connection, EJECT_AFTER_CONNECT_FAILURE, Pool, Server, connect_http,
-};
-
-/// At most this many servers are tried for one request whose connection failed.
-const MAX_ATTEMPTS: usize = 3;
+use crate::upstream::UpstreamBody;
 
 /// A failed request with what is known of where it was going, for the log.
 struct Failure {
@@ -182,7 +178,7 @@ fn rewrite_request(
     client: &ClientConnection,
     host: Option<&str>,
     upgrades: &[String],
-) -> Result<Request<Incoming>, ProxyError> {
+) -> Result<Request<UpstreamBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     // Servers get origin-form (`/path?query`) even if the client sent absolute-form.
     let path_and_query = parts
@@ -209,116 +205,5 @@ fn rewrite_request(
     if !upgrades.is_empty() {
         headers::set_upgrade(&mut parts.headers, &upgrades.join(", "));
     }
-    Ok(Request::from_parts(parts, body))
-}
-
-type Sent = (Response<Incoming>, ActiveGuard, Connection);
-
-/// Sends the request to a server of `pool`; a server that cannot be reached
-/// is skipped for the next one (the request has not left wharf yet).
-async fn send_with_retries(
-    pool: &Pool,
-    mut request: Request<Incoming>,
-) -> Result<Sent, (ProxyError, Option<SocketAddr>)> {
-    let mut failed: Vec<SocketAddr> = Vec::new();
-    let mut last_error = None;
-    while failed.len() < MAX_ATTEMPTS {
-        let Some(guard) = pool.choose(&failed) else {
-            break;
-        };
-        let server = guard.server().clone();
-        match send(&server, request, &pool.config.timeouts).await {
-            Ok((response, connection)) => return Ok((response, guard, connection)),
-            Err(SendError {
-                error,
-                request: unsent,
-            }) => {
-                if !error.before_request_sent() {
-                    return Err((error, Some(server.address)));
-                }
-                server.eject(EJECT_AFTER_CONNECT_FAILURE);
-                tracing::info!(
-                    pool = pool.name(), server = %server.address, error = %error,
-                    "server unreachable; ejected for {EJECT_AFTER_CONNECT_FAILURE:?}"
-                );
-                failed.push(server.address);
-                last_error = Some((error, Some(server.address)));
-                match unsent {
-                    Some(unsent) => request = unsent,
-                    None => break,
-                }
-            }
-        }
-    }
-    // Every server tried failed: report the last failure; none to try: 503.
-    Err(last_error.unwrap_or((ProxyError::NoServer, None)))
-}
-
-struct SendError {
-    error: ProxyError,
-    /// The request, when no byte of it was sent.
-    request: Option<Request<Incoming>>,
-}
-
-/// Sends the request on an idle keep-alive connection to `server` if there is
-/// one, else on a new connection, and waits for the response head.
-async fn send(
-    server: &Server,
-    request: Request<Incoming>,
-    timeouts: &PoolTimeouts,
-) -> Result<(Response<Incoming>, Connection), SendError> {
-    let mut request = request;
-    if let Some(mut connection) = server.idle.take() {
-        match send_on(&mut connection, request, timeouts).await {
-            Ok(response) => return Ok((response, connection)),
-            // The server closed the idle connection just now; a new one is safe.
-            Err(SendError {
-                request: Some(unsent),
-                ..
-            }) => request = unsent,
-            Err(e) => return Err(e),
-        }
-    }
-    let mut connection = match connect_http(server.address, timeouts.connect).await {
-        Ok(connection) => connection,
-        Err(e) => {
-            return Err(SendError {
-                error: ProxyError::Connect(e),
-                request: Some(request),
-            });
-        }
-    };
-    let response = send_on(&mut connection, request, timeouts).await?;
-    Ok((response, connection))
-}
-
-async fn send_on(
-    connection: &mut Connection,
-    request: Request<Incoming>,
-    timeouts: &PoolTimeouts,
-) -> Result<Response<Incoming>, SendError> {
-    match tokio::time::timeout(timeouts.response, connection.try_send_request(request)).await {
-        Err(_) => Err(SendError {
-            error: ProxyError::ResponseTimeout(timeouts.response),
-            request: None,
-        }),
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(mut e)) => {
-            let unsent = e.take_message();
-            Err(SendError {
-                error: ProxyError::Server(e.into_error()),
-                request: unsent,
-            })
-        }
-    }
-}
-
-/// Puts the connection back in the server's idle pool once the response body
-/// has been read to the end (hyper reports it ready then).
-fn return_when_idle(mut connection: Connection, server: Arc<Server>) {
-    tokio::spawn(async move {
-        if connection.ready().await.is_ok() {
-            server.idle.put(connection);
-        }
-    });
+    Ok(Request::from_parts(parts, Either::Left(body)))
 }

@@ -34,6 +34,7 @@ pub fn start_tunnel(
 
     tokio::spawn(async move {
         let server = guard.server().address;
+        let drained = guard.server().drained();
         let (client_io, server_io) = match tokio::try_join!(client_upgrade, server_upgrade) {
             Ok(pair) => pair,
             Err(e) => {
@@ -52,6 +53,7 @@ pub fn start_tunnel(
             client_side.1,
             server_side.1,
             idle_timeout,
+            drained,
         )
         .await;
         drop(guard);

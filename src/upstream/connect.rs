@@ -4,13 +4,19 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// The body of a request to a server: the client's, streamed, or none
+/// (a replayed request, a health check).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
 /// A connection ready to carry one request at a time to a server.
-pub type Connection = http1::SendRequest<Incoming>;
+pub type Connection = http1::SendRequest<UpstreamBody>;
 
 /// Why a connection to a server could not be opened.
 #[derive(Debug, thiserror::Error)]

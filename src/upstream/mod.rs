@@ -1,21 +1,24 @@
-//! Upstream: a pool's runtime state — its servers, their load, their idle
-//! keep-alive connections — and the choice of a server for a request.
+//! Upstream: a pool's runtime state — its servers, their state and load,
+//! their idle keep-alive connections — and the choice of a server for a
+//! request, with a bounded queue when every server is at `max_connections`.
 //!
 //! The config of a pool ([`PoolConfig`]) is immutable; what changes while wharf
-//! runs (how many requests a server has in flight, which connections are idle)
-//! lives here, in [`Server`].
+//! runs lives here, in [`Server`] and [`Pool`].
 
 mod connect;
 mod idle;
+pub mod state;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-pub use connect::{ConnectError, Connection, connect_http};
+use tokio::sync::{Notify, watch};
+
+pub use connect::{ConnectError, Connection, UpstreamBody, connect_http};
 pub use idle::IdlePool;
+pub use state::{AdminState, Change, Health, Outcome, ServerState};
 
 use crate::balance::{self, Balancer, ServerView};
 use crate::config::PoolConfig;
@@ -25,25 +28,24 @@ use crate::config::PoolConfig;
 pub struct Server {
     pub address: SocketAddr,
     pub weight: u32,
-    /// Requests in flight plus open tunnels; what `least_conn` balances on.
+    /// The pool this server belongs to, for logs.
+    pub pool: String,
+    /// Requests in flight plus open tunnels; what `least_conn` balances on
+    /// and `max_connections` limits.
     active: AtomicUsize,
+    max_connections: Option<usize>,
     /// Idle keep-alive connections to this server, ready for reuse.
     pub idle: IdlePool,
-    /// Until when (ms since [`EPOCH`]) the server is skipped because it could
-    /// not be reached; 0 when it is not ejected.
-    ejected_until_ms: AtomicU64,
-}
-
-/// How long a server that refused a connection is skipped before it is tried
-/// again. Passive ejection with a growing backoff, and active health checks,
-/// build on this.
-pub const EJECT_AFTER_CONNECT_FAILURE: Duration = Duration::from_secs(2);
-
-/// A process-wide time origin, so that instants fit in an atomic.
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-fn now_ms() -> u64 {
-    EPOCH.elapsed().as_millis() as u64
+    state: Mutex<ServerState>,
+    /// `state.is_serving()` ignoring ejection, mirrored for the request path.
+    serving: AtomicBool,
+    /// Whether an ejection may be in force; lets the request path skip the lock.
+    maybe_ejected: AtomicBool,
+    /// When set, tunnels to this server must end by this instant (drain).
+    drain_deadline: watch::Sender<Option<Instant>>,
+    /// Wakes a request queued in the pool when this server frees a slot.
+    released: Arc<Notify>,
+    config: Arc<PoolConfig>,
 }
 
 impl Server {
@@ -51,16 +53,135 @@ impl Server {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Skips this server for new requests for `duration`.
-    pub fn eject(&self, duration: Duration) {
-        let until = now_ms() + duration.as_millis() as u64;
-        self.ejected_until_ms.store(until.max(1), Ordering::Relaxed);
-        self.idle.clear();
+    /// A copy of the server's state.
+    pub fn state(&self) -> ServerState {
+        self.lock().clone()
     }
 
-    pub fn is_ejected(&self) -> bool {
-        let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
+    /// Whether new requests may go to this server now (health, admin state
+    /// and ejection; not its connection limit).
+    pub fn is_serving(&self) -> bool {
+        if !self.serving.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !self.maybe_ejected.load(Ordering::Relaxed) {
+            return true;
+        }
+        let state = self.lock();
+        let serving = state.is_serving(Instant::now());
+        if state.ejected_until.is_none() {
+            self.maybe_ejected.store(false, Ordering::Relaxed);
+        }
+        serving
+    }
+
+    fn has_free_slot(&self) -> bool {
+        self.max_connections.is_none_or(|max| self.active() < max)
+    }
+
+    /// Counts one request or tunnel on this server, unless it is at its limit.
+    fn try_acquire(self: &Arc<Self>) -> Option<ActiveGuard> {
+        let max = self.max_connections.unwrap_or(usize::MAX);
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        Some(ActiveGuard {
+            server: self.clone(),
+        })
+    }
+
+    /// Records what a request says of the server (passive health).
+    pub fn record_outcome(&self, outcome: Outcome, cause: &str) {
+        let change = self
+            .lock()
+            .record_outcome(outcome, &self.config.ejection, Instant::now(), cause);
+        if let Some(change) = change {
+            self.maybe_ejected.store(true, Ordering::Relaxed);
+            self.idle.clear();
+            self.log_change(&change);
+        }
+    }
+
+    /// Records an active health check's result.
+    pub fn record_check(&self, passed: bool, rise: u32, fall: u32, cause: &str) {
+        let mut state = self.lock();
+        let change = state.record_check(passed, rise, fall, cause);
+        self.mirror(&state);
+        drop(state);
+        if let Some(change) = change {
+            if !passed {
+                self.idle.clear();
+            }
+            self.log_change(&change);
+        }
+    }
+
+    /// Sets the operator's admin state. Drain and maintenance take the server
+    /// out of balancing at once, close its idle connections and give its
+    /// tunnels until the pool's `drain_timeout`; ready puts it back.
+    pub fn set_admin(&self, admin: AdminState, cause: &str) -> Option<Change> {
+        let mut state = self.lock();
+        let change = state.set_admin(admin, cause);
+        self.mirror(&state);
+        drop(state);
+        let change = change?;
+        match admin {
+            AdminState::Ready => {
+                self.drain_deadline.send_replace(None);
+            }
+            AdminState::Drain | AdminState::Maintenance => {
+                self.idle.clear();
+                let deadline = Instant::now() + self.config.drain_timeout;
+                // An earlier drain's deadline stands: maintenance after drain does not extend it.
+                self.drain_deadline
+                    .send_if_modified(|d| d.is_none().then(|| *d = Some(deadline)).is_some());
+            }
+        }
+        self.log_change(&change);
+        Some(change)
+    }
+
+    /// Resolves when this server's tunnels must end: at the drain deadline,
+    /// once the server is drained. Never resolves while it is ready.
+    pub fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut deadlines = self.drain_deadline.subscribe();
+        async move {
+            loop {
+                let deadline = *deadlines.borrow_and_update();
+                match deadline {
+                    Some(deadline) => {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(deadline.into()) => return,
+                            changed = deadlines.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                        }
+                    }
+                    None => {
+                        if deadlines.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn mirror(&self, state: &ServerState) {
+        let serving = state.admin == AdminState::Ready && state.health.is_serving();
+        self.serving.store(serving, Ordering::Relaxed);
+        self.maybe_ejected
+            .store(state.ejected_until.is_some(), Ordering::Relaxed);
+    }
+
+    fn log_change(&self, change: &Change) {
+        tracing::warn!(
+            pool = %self.pool, server = %self.address, change = %change.what, cause = %change.cause,
+            "server state changed"
+        );
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServerState> {
+        // The state is plain data, consistent after any panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -71,11 +192,6 @@ pub struct ActiveGuard {
 }
 
 impl ActiveGuard {
-    pub fn new(server: Arc<Server>) -> Self {
-        server.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard { server }
-    }
-
     pub fn server(&self) -> &Arc<Server> {
         &self.server
     }
@@ -83,20 +199,47 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.server.active.fetch_sub(1, Ordering::Relaxed);
+        self.server.active.fetch_sub(1, Ordering::AcqRel);
+        if self.server.max_connections.is_some() {
+            self.server.released.notify_one();
+        }
     }
+}
+
+/// Why no server could be had for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    #[error("no server is up")]
+    NoServer,
+    #[error("every server is at max_connections and the queue is full")]
+    QueueFull,
+    #[error("every server stayed at max_connections for the queue timeout")]
+    QueueTimeout,
 }
 
 /// A pool at runtime: its config, its servers and its balancer.
 #[derive(Debug)]
 pub struct Pool {
-    pub config: PoolConfig,
+    pub config: Arc<PoolConfig>,
     pub servers: Vec<Arc<Server>>,
     balancer: Box<dyn Balancer>,
+    /// Requests waiting for a free slot.
+    queued: AtomicUsize,
+    released: Arc<Notify>,
+}
+
+/// What one pass over the servers found.
+enum Choice {
+    Chosen(ActiveGuard),
+    /// Some server is serving but every serving one is at its limit.
+    Full,
+    NoServer,
 }
 
 impl Pool {
     pub fn new(config: PoolConfig) -> Self {
+        let config = Arc::new(config);
+        let released = Arc::new(Notify::new());
         let servers = config
             .servers
             .iter()
@@ -104,9 +247,16 @@ impl Pool {
                 Arc::new(Server {
                     address: s.address,
                     weight: s.weight,
+                    pool: config.name.clone(),
                     active: AtomicUsize::new(0),
+                    max_connections: config.max_connections,
                     idle: IdlePool::new(config.idle_connections, config.timeouts.server_idle),
-                    ejected_until_ms: AtomicU64::new(0),
+                    state: Mutex::new(ServerState::default()),
+                    serving: AtomicBool::new(true),
+                    maybe_ejected: AtomicBool::new(false),
+                    drain_deadline: watch::Sender::new(None),
+                    released: released.clone(),
+                    config: config.clone(),
                 })
             })
             .collect::<Vec<_>>();
@@ -115,6 +265,8 @@ impl Pool {
             config,
             servers,
             balancer,
+            queued: AtomicUsize::new(0),
+            released,
         }
     }
 
@@ -122,19 +274,74 @@ impl Pool {
         &self.config.name
     }
 
-    /// Chooses a server, skipping ejected ones and those in `exclude` (servers
-    /// that already failed this request), and counts the request on it.
-    pub fn choose(&self, exclude: &[SocketAddr]) -> Option<ActiveGuard> {
-        let view = |i: usize| {
-            let server = &self.servers[i];
-            ServerView {
-                weight: server.weight,
-                load: server.active(),
-                usable: !server.is_ejected() && !exclude.contains(&server.address),
+    pub fn server(&self, address: SocketAddr) -> Option<&Arc<Server>> {
+        self.servers.iter().find(|s| s.address == address)
+    }
+
+    /// Requests waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Chooses a serving server with a free slot, skipping those in `exclude`
+    /// (servers that already failed this request), and counts the request on
+    /// it. When every serving server is full, waits in the pool's queue, up to
+    /// `queue_size` requests and `timeouts.queue` long.
+    pub async fn acquire(&self, exclude: &[SocketAddr]) -> Result<ActiveGuard, Unavailable> {
+        match self.choose(exclude) {
+            Choice::Chosen(guard) => return Ok(guard),
+            Choice::NoServer => return Err(Unavailable::NoServer),
+            Choice::Full => {}
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.config.queue_size {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Unavailable::QueueFull);
+        }
+        let result = tokio::time::timeout(self.config.timeouts.queue, self.wait_for_slot(exclude))
+            .await
+            .unwrap_or(Err(Unavailable::QueueTimeout));
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    async fn wait_for_slot(&self, exclude: &[SocketAddr]) -> Result<ActiveGuard, Unavailable> {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Registered before looking, so a slot freed in between is not missed.
+            released.as_mut().enable();
+            match self.choose(exclude) {
+                Choice::Chosen(guard) => return Ok(guard),
+                Choice::NoServer => return Err(Unavailable::NoServer),
+                Choice::Full => released.await,
             }
-        };
-        let index = self.balancer.pick(self.servers.len(), &view)?;
-        let server = self.servers.get(index)?;
-        Some(ActiveGuard::new(server.clone()))
+        }
+    }
+
+    fn choose(&self, exclude: &[SocketAddr]) -> Choice {
+        // A pick can lose a race for the last slot of a server; try again a few times.
+        for _ in 0..4 {
+            let mut any_serving = false;
+            let view = |i: usize| {
+                let server = &self.servers[i];
+                let serving = server.is_serving() && !exclude.contains(&server.address);
+                ServerView {
+                    weight: server.weight,
+                    load: server.active(),
+                    usable: serving && server.has_free_slot(),
+                }
+            };
+            if let Some(index) = self.balancer.pick(self.servers.len(), &view) {
+                if let Some(guard) = self.servers.get(index).and_then(|s| s.try_acquire()) {
+                    return Choice::Chosen(guard);
+                }
+                continue;
+            }
+            for server in &self.servers {
+                any_serving |= server.is_serving() && !exclude.contains(&server.address);
+            }
+            return if any_serving { Choice::Full } else { Choice::NoServer };
+        }
+        Choice::Full
     }
 }

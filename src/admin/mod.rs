@@ -1,0 +1,207 @@
+//! The admin API: server states, and the operator's drain / maintenance / ready.
+//!
+//! A small HTTP/1.1 JSON API on its own port (`[admin] bind`), meant for a
+//! private address: it has no authentication. This module accepts
+//! connections and serves each with hyper; [`api`] routes the requests and
+//! [`json`] shapes the answers.
+//!
+//! # Endpoints
+//!
+//! | Method | Path | Answer |
+//! |---|---|---|
+//! | `GET` | `/api/pools` | `200` `{"pools": [POOL, ...]}`, in config order |
+//! | `GET` | `/api/pools/{pool}` | `200` `POOL`; `404` if there is no such pool |
+//! | `POST` | `/api/pools/{pool}/servers/{address}/{state}` | `200` `SERVER` after setting its admin state |
+//!
+//! `{state}` is `ready`, `drain` or `maintenance`:
+//!
+//! - `drain`: the server gets no new requests or tunnels; requests in flight
+//!   finish, its idle keep-alive connections are closed at once, and its open
+//!   tunnels (websockets) are closed when the pool's `drain_timeout` has passed.
+//! - `maintenance`: as `drain` (and, where active health checks run, they
+//!   stop for the server). A drain deadline already running is kept.
+//! - `ready`: the server takes new requests again (once healthy).
+//!
+//! `{address}` is the server's `IP:port` as in the config: `127.0.0.1:3001`,
+//! or `[::1]:3001` for IPv6 (percent-encoded as `%5B%3A%3A1%5D%3A3001` if the
+//! client insists). Setting a state the server already has is not an error:
+//! the answer is the same `200` and nothing is recorded. The change is
+//! recorded in the server's `history` with the cause
+//! `admin API from CLIENT_IP:PORT`.
+//!
+//! `HEAD` is answered wherever `GET` is. Errors are JSON too,
+//! `{"error": "a sentence"}`: `404` for an unknown path, pool or server,
+//! `400` for an unknown state or a malformed address, `405` (with `Allow`)
+//! for a method a path does not take, `413` for a request body over 1 KiB
+//! (no endpoint takes one), `408` for a body that does not arrive in time.
+//!
+//! `POOL`:
+//!
+//! ```json
+//! {
+//!   "name": "realtime",
+//!   "balance": "least_conn",
+//!   "max_connections": 2000,      // per server; null: no limit
+//!   "queue_size": 1000,
+//!   "queued": 0,                  // requests waiting for a free server now
+//!   "servers": [SERVER, ...]      // in config order
+//! }
+//! ```
+//!
+//! `SERVER`:
+//!
+//! ```json
+//! {
+//!   "address": "127.0.0.1:3001",
+//!   "weight": 1,
+//!   "active": 3,                  // requests in flight plus open tunnels
+//!   "idle_connections": 2,        // keep-alive connections kept for reuse
+//!   "serving": true,              // whether new requests may go to it now
+//!   "health": {"state": "falling", "count": 1},
+//!                                 // "up" | "falling" | "down" | "rising"; count: the
+//!                                 // checks in a row behind "falling"/"rising", else null
+//!   "admin": "ready",             // "ready" | "drain" | "maintenance"
+//!   "ejected": true,              // passive health has taken it out for now
+//!   "ejected_remaining_ms": 1840, // null when not ejected
+//!   "history": [                  // its last changes, most recent first (at most 16)
+//!     {"what": "ejected for 2s", "cause": "cannot connect to server: ...",
+//!      "at": "2025-01-31T12:00:00.123Z", "at_unix_ms": 1738324800123}
+//!   ]
+//! }
+//! ```
+
+mod api;
+mod json;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::runtime::Shared;
+
+/// No endpoint takes a body; anything longer than this is refused.
+const MAX_REQUEST_BODY: usize = 1024;
+/// Time a client has to send a request head, or a (small) body.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves the admin API on `socket` until `shutdown` turns true (or its
+/// sender is dropped). Connections still open then are closed.
+pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit,
+            _ = shutdown.changed() => return,
+        };
+        let Ok(permit) = permit else { return };
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually out of file descriptors: wait for some to close.
+                tracing::warn!(error = %e, "admin accept failed; backing off {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(5);
+        let shared = shared.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = serve_connection(stream, peer, shared) => {}
+                _ = shutdown.wait_for(|stop| *stop) => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one admin connection (keep-alive allowed) until it closes.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let service = service_fn(move |request| handle(request, peer, shared.clone()));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = connection.await {
+        tracing::debug!(client = %peer, error = %e, "admin connection ended with an error");
+    }
+}
+
+/// hyper's service entry point: reads (and discards) a small body, then
+/// answers from [`api::respond`]. Never fails.
+async fn handle(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    if let Err(refusal) = read_small_body(body).await {
+        return Ok(refusal);
+    }
+    let response = api::respond(&parts.method, parts.uri.path(), peer, &shared.snapshot());
+    tracing::info!(
+        client = %peer, method = %parts.method, path = parts.uri.path(),
+        status = response.status().as_u16(), "admin request"
+    );
+    Ok(response)
+}
+
+/// Reads a request body of at most [`MAX_REQUEST_BODY`] bytes, so that the
+/// connection can carry the next request; refuses a longer or a slow one.
+async fn read_small_body(body: Incoming) -> Result<(), Response<Full<Bytes>>> {
+    let refuse = |status: StatusCode, message: &str| {
+        let mut response = api::error(status, message);
+        // The rest of the body is unread: the connection cannot be reused.
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        response
+    };
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the admin API takes no request body over {MAX_REQUEST_BODY} bytes"),
+        )
+    };
+    if body.size_hint().lower() > MAX_REQUEST_BODY as u64 {
+        return Err(too_large());
+    }
+    let read = Limited::new(body, MAX_REQUEST_BODY).collect();
+    match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read",
+        )),
+        Err(_) => Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )),
+    }
+}
