@@ -13,7 +13,8 @@
 //! - [`http`]: serves HTTP/1.1 to clients and forwards to servers, including upgrades.
 //! - [`route`]: picks the pool for a request by host and path.
 //! - [`upstream`]: a pool's runtime state: servers, their load, idle connections.
-//! - [`balance`]: the balancing algorithms.
+//! - [`balance`]: the balancing algorithms and the consistent-hash table.
+//! - [`sticky`]: session affinity: inserted cookie, learned sessions, hash keys.
 //! - [`tunnel`]: copies bytes both ways for upgraded connections.
 //! - [`health`]: active health checks feeding server state.
 //! - [`admin`]: the admin API (server states; drain, maintenance, ready).
@@ -28,6 +29,7 @@ pub mod http;
 pub mod listener;
 pub mod route;
 pub mod runtime;
+pub mod sticky;
 pub mod tunnel;
 pub mod upstream;
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::json::{PoolView, ServerView};
 use crate::runtime::Snapshot;
-use crate::upstream::{AdminState, Pool};
+use crate::upstream::AdminState;
 
 /// The request paths the API knows, split into their decoded segments.
 enum Route {
@@ -83,9 +83,9 @@ pub fn respond(
                 .collect();
             json(StatusCode::OK, &Pools { pools })
         }
-        Route::Pool(name) => match find_pool(snapshot, &name) {
-            Ok(pool) => json(StatusCode::OK, &PoolView::of(pool)),
-            Err(response) => response,
+        Route::Pool(name) => match snapshot.pool(&name) {
+            Some(pool) => json(StatusCode::OK, &PoolView::of(pool)),
+            None => no_such_pool(&name),
         },
         Route::SetServerState {
             pool,
@@ -103,9 +103,8 @@ fn set_server_state(
     state: &str,
     client: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    let pool = match find_pool(snapshot, pool) {
-        Ok(pool) => pool,
-        Err(response) => return response,
+    let Some(pool) = snapshot.pool(pool) else {
+        return no_such_pool(pool);
     };
     let Ok(parsed) = address.parse::<SocketAddr>() else {
         return error(
@@ -129,11 +128,8 @@ fn set_server_state(
     json(StatusCode::OK, &ServerView::of(server))
 }
 
-fn find_pool<'a>(snapshot: &'a Snapshot, name: &str) -> Result<&'a Pool, Response<Full<Bytes>>> {
-    snapshot
-        .pool(name)
-        .map(|pool| &**pool)
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("no pool named {name:?}")))
+fn no_such_pool(name: &str) -> Response<Full<Bytes>> {
+    error(StatusCode::NOT_FOUND, &format!("no pool named {name:?}"))
 }
 
 /// The route of `path`: `Ok(None)` when it names nothing, `Err` when a

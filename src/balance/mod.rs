@@ -6,10 +6,12 @@
 //! and limits decide `usable`; the algorithm only chooses among usable servers.
 
 mod least_conn;
+mod maglev;
 mod random_two;
 mod round_robin;
 
 pub use least_conn::LeastConn;
+pub use maglev::{Maglev, stable_hash};
 pub use random_two::RandomTwo;
 pub use round_robin::SmoothRoundRobin;
 

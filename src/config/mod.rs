@@ -104,7 +104,13 @@ pub enum HostMatch {
 pub struct PoolConfig {
     pub name: String,
     pub servers: Vec<ServerConfig>,
+    /// The algorithm; with `hash`, the one used for requests without the key.
     pub balance: BalanceConfig,
+    /// `balance = "hash:..."`: requests carrying this key go to the server the
+    /// key hashes to on a consistent-hash table.
+    pub hash: Option<HashKey>,
+    /// Session affinity, checked before balancing.
+    pub sticky: Option<StickyConfig>,
     pub timeouts: PoolTimeouts,
     /// Idle keep-alive connections kept per server.
     pub idle_connections: usize,
@@ -196,6 +202,92 @@ pub enum BalanceConfig {
     /// Power of two random choices, by weight, the less loaded wins.
     RandomTwo,
 }
+
+/// What a hashing pool hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's address (as told by PROXY protocol when trusted).
+    SourceIp,
+    /// A request header, by lower-case name.
+    Header(String),
+    /// A query parameter.
+    Query(String),
+    /// A request cookie.
+    Cookie(String),
+    /// The first N segments of the path (SockJS's `/prefix/<server>/<session>/…`).
+    Path(usize),
+}
+
+impl std::fmt::Display for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashKey::SourceIp => write!(f, "hash:source_ip"),
+            HashKey::Header(name) => write!(f, "hash:header:{name}"),
+            HashKey::Query(name) => write!(f, "hash:query:{name}"),
+            HashKey::Cookie(name) => write!(f, "hash:cookie:{name}"),
+            HashKey::Path(depth) => write!(f, "hash:path:{depth}"),
+        }
+    }
+}
+
+/// `sticky = { ... }`: how a client keeps going to the same server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyConfig {
+    /// wharf inserts a cookie naming the server by an opaque token.
+    Cookie(StickyCookie),
+    /// wharf learns which server owns a session key and routes it there.
+    Learn(StickyLearn),
+}
+
+/// `sticky = { cookie = "NAME", same_site, secure, max_age, secret }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    pub name: String,
+    pub same_site: SameSite,
+    /// Always mark the cookie `Secure` (it is on TLS connections anyway, and with `SameSite=None`).
+    pub secure: bool,
+    pub max_age: Option<Duration>,
+    /// Key for the tokens; the same secret gives the same tokens on every wharf.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// `sticky = { learn = "cookie:NAME" | "engine.io", table_size, expiry }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyLearn {
+    pub source: LearnSource,
+    /// Sessions remembered at most; the oldest go first.
+    pub table_size: usize,
+    /// A session not seen for this long is forgotten.
+    pub expiry: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LearnSource {
+    /// The value of a cookie the server sets (Socket.IO's `io`, `JSESSIONID`).
+    Cookie(String),
+    /// The `sid` of the Engine.IO handshake, routed by the `sid` query parameter.
+    EngineIo,
+}
+
+pub const DEFAULT_LEARN_TABLE_SIZE: usize = 100_000;
+pub const DEFAULT_LEARN_EXPIRY: Duration = Duration::from_secs(3600);
 
 /// Server-side timeouts of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,8 @@ use super::reader::{
     Collector, DurationStr, Field, Read, Table, closest, is_bare_key_char, type_name,
 };
 use super::{
-    AdminConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES, EjectionPolicy,
+    DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE, HashKey, LearnSource, SameSite, StickyConfig,
+    StickyCookie, StickyLearn, AdminConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES, EjectionPolicy,
     HealthCheck, HealthConfig, BalanceConfig, Config, ConfigErrors, DEFAULT_IDLE_CONNECTIONS,
     DEFAULT_LISTENER_MAX_CONNECTIONS, HostMatch, ListenerConfig, ListenerTimeouts, PoolConfig,
     PoolTimeouts, RouteConfig, ServerConfig, parse_duration,
@@ -29,11 +30,9 @@ use super::{
 mod not_yet {
     pub const TOP_LEVEL: &[&str] = &[];
     pub const LISTENER: &[&str] = &["proxy_protocol", "tcp_pool", "flash_policy", "tls"];
-    pub const POOL: &[&str] = &["sticky", "send_proxy_protocol"];
+    pub const POOL: &[&str] = &["send_proxy_protocol"];
     /// Values of a pool's `mode` (the contract has "http" and "tcp").
     pub const POOL_MODES: &[&str] = &["tcp"];
-    /// Prefixes of `balance` values, with the feature's name for the message.
-    pub const BALANCE: &[(&str, &str)] = &[("hash:", "hash balancing")];
 }
 
 /// Upgrade protocols a route allows when it does not say.
@@ -366,7 +365,8 @@ fn read_pool(name: Field<&str>, mut t: Table<'_>) -> Read<PoolConfig> {
     let valid_name = check_pool_name(name.value).map_err(|m| errors.error(&name.span, m));
     let mode = t.optional("mode", (), parse_mode);
     let servers = read_servers(&mut t);
-    let balance = t.optional("balance", BalanceConfig::default(), parse_balance);
+    let balance = t.optional("balance", (BalanceConfig::default(), None), parse_balance);
+    let sticky = read_sticky(&mut t);
     let timeouts = read_pool_timeouts(&mut t);
     let idle_connections = t.optional("idle_connections", DEFAULT_IDLE_CONNECTIONS, |n: i64| {
         non_negative("idle_connections", n)
@@ -392,7 +392,9 @@ fn read_pool(name: Field<&str>, mut t: Table<'_>) -> Read<PoolConfig> {
     Ok(PoolConfig {
         name: name.value.to_owned(),
         servers: servers?,
-        balance: balance?,
+        balance: balance.as_ref().map(|b| b.0).unwrap_or_default(),
+        hash: balance?.1,
+        sticky: sticky?,
         timeouts: timeouts?,
         idle_connections: idle_connections?,
         health: health?,
@@ -512,22 +514,111 @@ fn parse_mode(s: &str) -> Result<(), String> {
     }
 }
 
-fn parse_balance(s: &str) -> Result<BalanceConfig, String> {
+/// An algorithm, or `hash:KEY` (with round robin for requests without the key).
+fn parse_balance(s: &str) -> Result<(BalanceConfig, Option<HashKey>), String> {
     match s {
-        "round_robin" => Ok(BalanceConfig::RoundRobin),
-        "least_conn" => Ok(BalanceConfig::LeastConn),
-        "random_two" => Ok(BalanceConfig::RandomTwo),
-        _ => match not_yet::BALANCE
-            .iter()
-            .find(|(prefix, _)| s.starts_with(prefix))
-        {
-            Some((_, feature)) => Err(format!(
-                "{feature} is not supported by this version of wharf yet"
-            )),
+        "round_robin" => Ok((BalanceConfig::RoundRobin, None)),
+        "least_conn" => Ok((BalanceConfig::LeastConn, None)),
+        "random_two" => Ok((BalanceConfig::RandomTwo, None)),
+        _ => match s.strip_prefix("hash:") {
+            Some(key) => parse_hash_key(key).map(|key| (BalanceConfig::RoundRobin, Some(key))),
             None => Err(format!(
-                "`balance` must be \"round_robin\", \"least_conn\" or \"random_two\", not {s:?}"
+                "`balance` must be \"round_robin\", \"least_conn\", \"random_two\" or \"hash:KEY\", not {s:?}"
             )),
         },
+    }
+}
+
+fn parse_hash_key(key: &str) -> Result<HashKey, String> {
+    let named = |kind: &str, name: &str| -> Result<String, String> {
+        if !name.is_empty() && name.chars().all(is_token_char) {
+            Ok(name.to_owned())
+        } else {
+            Err(format!("`hash:{kind}:NAME` needs a name made of token characters, not {name:?}"))
+        }
+    };
+    match key.split_once(':') {
+        None if key == "source_ip" => Ok(HashKey::SourceIp),
+        Some(("header", name)) => named("header", name).map(|n| HashKey::Header(n.to_ascii_lowercase())),
+        Some(("query", name)) => named("query", name).map(HashKey::Query),
+        Some(("cookie", name)) => named("cookie", name).map(HashKey::Cookie),
+        Some(("path", depth)) => match depth.parse::<usize>() {
+            Ok(depth @ 1..=16) => Ok(HashKey::Path(depth)),
+            _ => Err(format!("`hash:path:N` needs N between 1 and 16, not {depth:?}")),
+        },
+        _ => Err(format!(
+            "hash balancing takes source_ip, header:NAME, query:NAME, cookie:NAME or path:N, not {key:?}"
+        )),
+    }
+}
+
+/// `sticky = { cookie = "NAME", ... }` or `sticky = { learn = "...", ... }`.
+fn read_sticky(t: &mut Table<'_>) -> Read<Option<StickyConfig>> {
+    let Some(mut st) = t.table("sticky")? else {
+        return Ok(None);
+    };
+    let (errors, span) = (st.errors(), st.span().clone());
+    let cookie = st.optional("cookie", None, |s: &str| cookie_name(s).map(Some));
+    let learn = st.optional("learn", None, |s: &str| parse_learn(s).map(Some));
+    let sticky = match (cookie?, learn?) {
+        (Some(name), None) => {
+            let same_site = st.optional("same_site", SameSite::Lax, |s: &str| match s {
+                "Lax" | "lax" => Ok(SameSite::Lax),
+                "Strict" | "strict" => Ok(SameSite::Strict),
+                "None" | "none" => Ok(SameSite::None),
+                _ => Err(format!("`same_site` must be \"Lax\", \"Strict\" or \"None\", not {s:?}")),
+            });
+            let secure = st.optional("secure", false, |b: bool| Ok(b));
+            let max_age = duration(&mut st, "max_age", Duration::ZERO);
+            let secret = st.optional("secret", String::new(), |s: &str| Ok(s.to_owned()));
+            st.finish();
+            let max_age = max_age?;
+            StickyConfig::Cookie(StickyCookie {
+                name,
+                same_site: same_site?,
+                secure: secure?,
+                max_age: (!max_age.is_zero()).then_some(max_age),
+                secret: secret?,
+            })
+        }
+        (None, Some(source)) => {
+            let table_size = st.optional("table_size", DEFAULT_LEARN_TABLE_SIZE, |n: i64| positive("table_size", n));
+            let expiry = duration(&mut st, "expiry", DEFAULT_LEARN_EXPIRY);
+            st.finish();
+            StickyConfig::Learn(StickyLearn {
+                source,
+                table_size: table_size?,
+                expiry: expiry?,
+            })
+        }
+        (Some(_), Some(_)) => {
+            st.finish();
+            return Err(errors.error(&span, "`sticky` takes either `cookie` or `learn`, not both"));
+        }
+        (None, None) => {
+            st.finish();
+            return Err(errors.error(
+                &span,
+                "`sticky` needs `cookie = \"NAME\"` (wharf inserts a cookie) or `learn = \"cookie:NAME\"` / `learn = \"engine.io\"`",
+            ));
+        }
+    };
+    Ok(Some(sticky))
+}
+
+fn cookie_name(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.chars().all(is_token_char) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("a cookie name must be made of token characters, not {s:?}"))
+    }
+}
+
+fn parse_learn(s: &str) -> Result<LearnSource, String> {
+    match s.strip_prefix("cookie:") {
+        _ if s == "engine.io" => Ok(LearnSource::EngineIo),
+        Some(name) => cookie_name(name).map(LearnSource::Cookie),
+        None => Err(format!("`learn` must be \"cookie:NAME\" or \"engine.io\", not {s:?}")),
     }
 }
 

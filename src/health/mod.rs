@@ -33,7 +33,7 @@ pub fn spawn_checks(pool: &Arc<Pool>, shutdown: watch::Receiver<bool>) {
         tokio::spawn(async move {
             tokio::select! {
                 () = checks => {}
-                _ = std::future::pending::<()>() => { let _ = &mut shutdown; }
+                _ = shutdown.wait_for(|&stop| stop) => {}
             }
         });
     }

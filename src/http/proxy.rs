@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::HeaderMap;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -19,7 +20,8 @@ use super::send::{return_when_idle, send_with_retries};
 use super::{ClientConnection, upgrade};
 use crate::config::RouteConfig;
 use crate::runtime::{Shared, Snapshot};
-use crate::upstream::UpstreamBody;
+use crate::sticky::{self, Sticky, engine_io::LearnSid};
+use crate::upstream::{Pool, Server, UpstreamBody};
 
 /// A failed request with what is known of where it was going, for the log.
 struct Failure {
@@ -103,9 +105,19 @@ async fn forward(
     let upgrades = allowed_upgrades(&request, route);
     let client_upgrade = (!upgrades.is_empty()).then(|| hyper::upgrade::on(&mut request));
 
-    let upstream_request = rewrite_request(request, client, host.as_deref(), &upgrades)?;
-    let (response, guard, connection) =
-        send_with_retries(pool, upstream_request)
+    let affinity = sticky::affinity(
+        pool.sticky.as_ref(),
+        pool.config.hash.as_ref(),
+        request.headers(),
+        request.uri(),
+        client.peer.ip(),
+    );
+    let mut upstream_request = rewrite_request(request, client, host.as_deref(), &upgrades)?;
+    if let Some(sticky) = &pool.sticky {
+        sticky.strip_request(upstream_request.headers_mut());
+    }
+    let (mut response, guard, connection) =
+        send_with_retries(pool, upstream_request, &affinity)
             .await
             .map_err(|(error, server)| Failure {
                 error,
@@ -113,6 +125,7 @@ async fn forward(
                 server,
             })?;
     let server = guard.server().clone();
+    pin_client(pool, &affinity, &server, client, response.headers_mut());
     let fail = |error| Failure {
         error,
         pool: Some(pool.name().to_owned()),
@@ -136,11 +149,38 @@ async fn forward(
         ));
     }
 
+    let server_index = server.index;
     return_when_idle(connection, server);
     let (mut parts, incoming) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
-    let body = Counted::new(incoming, guard).boxed();
+    let counted = Counted::new(incoming, guard);
+    let body = if affinity.engine_io_handshake && parts.status.is_success() {
+        LearnSid::new(counted, pool.clone(), server_index).boxed()
+    } else {
+        counted.boxed()
+    };
     Ok(Response::from_parts(parts, body))
+}
+
+/// Keeps the client on `server` for its next requests: a new sticky cookie
+/// when its own did not name this server, or the session cookie the server
+/// just set, learned.
+fn pin_client(
+    pool: &Pool,
+    affinity: &sticky::Affinity,
+    server: &Server,
+    client: &ClientConnection,
+    response_headers: &mut HeaderMap,
+) {
+    match &pool.sticky {
+        Some(Sticky::Cookie(cookies)) if affinity.pinned != Some(server.index) => {
+            if let Some(cookie) = cookies.set_cookie(server.index, client.proto == "https") {
+                response_headers.append(header::SET_COOKIE, cookie);
+            }
+        }
+        Some(sticky) => sticky.learn_from_response(server.index, response_headers, Instant::now()),
+        None => {}
+    }
 }
 
 /// The host the client asked for: the authority of an absolute-form URI,

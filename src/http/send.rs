@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use crate::config::PoolTimeouts;
+use crate::sticky::Affinity;
 use crate::upstream::{ActiveGuard, Connection, Outcome, Pool, Server, UpstreamBody, connect_http};
 
 /// A response head from a server, the request's slot on it, and the
@@ -30,13 +31,14 @@ pub type Sent = (Response<Incoming>, ActiveGuard, Connection);
 pub async fn send_with_retries(
     pool: &Pool,
     request: Request<UpstreamBody>,
+    affinity: &Affinity,
 ) -> Result<Sent, (ProxyError, Option<SocketAddr>)> {
     let replay = Replay::of(&request);
     let mut request = Some(request);
     let mut failed: Vec<SocketAddr> = Vec::new();
     let mut last_failure = None;
     for _ in 0..=pool.config.retries {
-        let guard = match pool.acquire(&failed).await {
+        let guard = match pool.acquire(&failed, affinity).await {
             Ok(guard) => guard,
             // After a failure, the failure is what the client should hear about.
             Err(unavailable) => {

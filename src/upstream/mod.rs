@@ -20,13 +20,16 @@ pub use connect::{ConnectError, Connection, UpstreamBody, connect_http};
 pub use idle::IdlePool;
 pub use state::{AdminState, Change, Health, Outcome, ServerState};
 
-use crate::balance::{self, Balancer, ServerView};
+use crate::balance::{self, Balancer, Maglev, ServerView};
+use crate::sticky::{Affinity, Sticky};
 use crate::config::PoolConfig;
 
 /// One server of a pool, with the state that changes while wharf runs.
 #[derive(Debug)]
 pub struct Server {
     pub address: SocketAddr,
+    /// Position in the pool's server list (what sticky tables and hashing name).
+    pub index: usize,
     pub weight: u32,
     /// The pool this server belongs to, for logs.
     pub pool: String,
@@ -223,6 +226,10 @@ pub struct Pool {
     pub config: Arc<PoolConfig>,
     pub servers: Vec<Arc<Server>>,
     balancer: Box<dyn Balancer>,
+    /// The consistent-hash table, for `balance = "hash:..."`.
+    maglev: Option<Maglev>,
+    /// Session affinity, if configured.
+    pub sticky: Option<Sticky>,
     /// Requests waiting for a free slot.
     queued: AtomicUsize,
     released: Arc<Notify>,
@@ -243,9 +250,11 @@ impl Pool {
         let servers = config
             .servers
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(index, s)| {
                 Arc::new(Server {
                     address: s.address,
+                    index,
                     weight: s.weight,
                     pool: config.name.clone(),
                     active: AtomicUsize::new(0),
@@ -261,10 +270,16 @@ impl Pool {
             })
             .collect::<Vec<_>>();
         let balancer = balance::build(config.balance, servers.len());
+        let names: Vec<String> = config.servers.iter().map(|s| s.address.to_string()).collect();
+        let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
+        let maglev = config.hash.as_ref().map(|_| Maglev::new(&names, &weights));
+        let sticky = Sticky::new(&config, &names);
         Pool {
             config,
             servers,
             balancer,
+            maglev,
+            sticky,
             queued: AtomicUsize::new(0),
             released,
         }
@@ -278,6 +293,13 @@ impl Pool {
         self.servers.iter().find(|s| s.address == address)
     }
 
+    /// Remembers that a learned session key belongs to server `index`.
+    pub fn learn_session(&self, key: String, index: usize, now: Instant) {
+        if let Some(sticky) = &self.sticky {
+            sticky.learn(key, index, now);
+        }
+    }
+
     /// Requests waiting in the queue now.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
@@ -287,8 +309,8 @@ impl Pool {
     /// (servers that already failed this request), and counts the request on
     /// it. When every serving server is full, waits in the pool's queue, up to
     /// `queue_size` requests and `timeouts.queue` long.
-    pub async fn acquire(&self, exclude: &[SocketAddr]) -> Result<ActiveGuard, Unavailable> {
-        match self.choose(exclude) {
+    pub async fn acquire(&self, exclude: &[SocketAddr], affinity: &Affinity) -> Result<ActiveGuard, Unavailable> {
+        match self.choose(exclude, affinity) {
             Choice::Chosen(guard) => return Ok(guard),
             Choice::NoServer => return Err(Unavailable::NoServer),
             Choice::Full => {}
@@ -297,20 +319,20 @@ impl Pool {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Unavailable::QueueFull);
         }
-        let result = tokio::time::timeout(self.config.timeouts.queue, self.wait_for_slot(exclude))
+        let result = tokio::time::timeout(self.config.timeouts.queue, self.wait_for_slot(exclude, affinity))
             .await
             .unwrap_or(Err(Unavailable::QueueTimeout));
         self.queued.fetch_sub(1, Ordering::AcqRel);
         result
     }
 
-    async fn wait_for_slot(&self, exclude: &[SocketAddr]) -> Result<ActiveGuard, Unavailable> {
+    async fn wait_for_slot(&self, exclude: &[SocketAddr], affinity: &Affinity) -> Result<ActiveGuard, Unavailable> {
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
             // Registered before looking, so a slot freed in between is not missed.
             released.as_mut().enable();
-            match self.choose(exclude) {
+            match self.choose(exclude, affinity) {
                 Choice::Chosen(guard) => return Ok(guard),
                 Choice::NoServer => return Err(Unavailable::NoServer),
                 Choice::Full => released.await,
@@ -318,17 +340,34 @@ impl Pool {
         }
     }
 
-    fn choose(&self, exclude: &[SocketAddr]) -> Choice {
+    /// One pass: the pinned server if it can be used, else the key's server on
+    /// the hash table, else the balancer's choice.
+    fn choose(&self, exclude: &[SocketAddr], affinity: &Affinity) -> Choice {
+        let usable = |i: usize| {
+            self.servers.get(i).is_some_and(|server| {
+                server.is_serving() && !exclude.contains(&server.address) && server.has_free_slot()
+            })
+        };
+        if let Some(index) = affinity.pinned.filter(|&i| usable(i))
+            && let Some(guard) = self.servers[index].try_acquire()
+        {
+            return Choice::Chosen(guard);
+        }
+        if let (Some(maglev), Some(hash)) = (&self.maglev, affinity.hash)
+            && let Some(index) = maglev.pick(hash, &usable)
+            && let Some(guard) = self.servers[index].try_acquire()
+        {
+            return Choice::Chosen(guard);
+        }
         // A pick can lose a race for the last slot of a server; try again a few times.
         for _ in 0..4 {
             let mut any_serving = false;
             let view = |i: usize| {
                 let server = &self.servers[i];
-                let serving = server.is_serving() && !exclude.contains(&server.address);
                 ServerView {
                     weight: server.weight,
                     load: server.active(),
-                    usable: serving && server.has_free_slot(),
+                    usable: usable(i),
                 }
             };
             if let Some(index) = self.balancer.pick(self.servers.len(), &view) {
