@@ -90,7 +90,10 @@ async fn open_websocket(proxy: &str) -> TcpStream {
         .await
         .expect("send upgrade");
     let head = read_head(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "no 101 from wharf: {head}");
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "no 101 from wharf: {head}"
+    );
     stream
 }
 

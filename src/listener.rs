@@ -50,15 +50,16 @@ pub async fn accept_loop(
         };
         backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let client = ClientConnection {
             peer,
+            local,
             listener: index,
             proto: "http",
+            slot: Some(permit),
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            http::serve(stream, client, shared).await;
-            drop(permit);
-        });
+        tokio::spawn(http::serve(stream, client, shared.clone()));
     }
 }

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::{admin, health, listener};
 use crate::upstream::Pool;
+use crate::{admin, health, listener};
 
 /// One consistent view of the config and the pools built from it.
 #[derive(Debug)]
@@ -127,13 +127,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         bound.push((index, listener.name.clone(), addr, socket));
     }
     let admin_socket = match &config.admin {
-        Some(admin) => Some(TcpListener::bind(admin.bind).await.map_err(|source| {
-            StartError::Bind {
-                name: "admin".to_owned(),
-                addr: admin.bind,
-                source,
-            }
-        })?),
+        Some(admin) => {
+            Some(
+                TcpListener::bind(admin.bind)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        name: "admin".to_owned(),
+                        addr: admin.bind,
+                        source,
+                    })?,
+            )
+        }
         None => None,
     };
 

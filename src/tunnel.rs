@@ -165,7 +165,10 @@ pub async fn run(
         bytes: server_early.len() as u64,
         ..Flow::default()
     };
-    let sent_early = send_early(&mut client, &mut server, client_early, server_early).await;
+    let early = send_early(&mut client, &mut server, client_early, server_early);
+    let sent_early = tokio::time::timeout(idle_timeout, early)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)));
     let end = match sent_early {
         Ok(()) => {
             let flows = (&mut up, &mut down);

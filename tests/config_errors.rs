@@ -562,7 +562,7 @@ idle_connections = "many"
             "wharf.toml:11:1: [[listener]] is missing `name`",
             "wharf.toml:11:1: the listener has no [[listener.route]]; add at least one to say which pool gets its requests",
             "wharf.toml:15:60: unknown key `wieght` in the server table of [pool.realtime]; did you mean `weight`?",
-            "wharf.toml:16:11: `balance` must be \"round_robin\", \"least_conn\" or \"random_two\", not \"fastest\"",
+            "wharf.toml:16:11: `balance` must be \"round_robin\", \"least_conn\", \"random_two\" or \"hash:KEY\", not \"fastest\"",
             "wharf.toml:17:24: `connect` is not a valid duration: \"3\" has no unit; add one of ms, s, m, h, d, as in \"3s\"",
             "wharf.toml:18:20: `idle_connections` must be an integer, not a string",
         ]
@@ -610,8 +610,6 @@ servers = ["127.0.0.1:4000"]
         [
             "wharf.toml:7:1: `proxy_protocol` is not supported by this version of wharf yet",
             "wharf.toml:9:11: `tls` is not supported by this version of wharf yet",
-            "wharf.toml:17:11: hash balancing is not supported by this version of wharf yet",
-            "wharf.toml:18:1: `sticky` is not supported by this version of wharf yet",
             "wharf.toml:22:8: `mode = \"tcp\"` is not supported by this version of wharf yet",
         ]
     );
@@ -663,7 +661,10 @@ servers = ["127.0.0.1:4001"]
 health = {}
 "#,
     );
-    assert_eq!(config.admin.as_ref().map(|a| a.bind), Some(addr("127.0.0.1:9090")));
+    assert_eq!(
+        config.admin.as_ref().map(|a| a.bind),
+        Some(addr("127.0.0.1:9090"))
+    );
     let checked = config.pool("checked").expect("checked");
     let health = checked.health.as_ref().expect("health");
     assert_eq!(
@@ -673,7 +674,10 @@ health = {}
             host: Some("app.internal".into())
         }
     );
-    assert_eq!((health.interval, health.timeout), (Duration::from_millis(100), Duration::from_millis(50)));
+    assert_eq!(
+        (health.interval, health.timeout),
+        (Duration::from_millis(100), Duration::from_millis(50))
+    );
     assert_eq!((health.rise, health.fall), (1, 4));
     assert_eq!(checked.max_connections, Some(10));
     assert_eq!(checked.queue_size, 20);
@@ -714,6 +718,79 @@ retries = 99
             "wharf.toml:8:55: health `rise` must be between 1 and 100, not 0",
             "wharf.toml:9:19: `max_connections` must be at least 1, not 0",
             "wharf.toml:10:11: `retries` must be 10 at most, not 99",
+        ]
+    );
+}
+
+#[test]
+fn sticky_and_hash_keys_parse_and_bad_ones_are_explained() {
+    use wharf::config::{HashKey, LearnSource, SameSite, StickyConfig};
+    let config = parse_ok(
+        r#"
+[[listener]]
+name = "a"
+bind = "127.0.0.1:0"
+[[listener.route]]
+pool = "cookie"
+
+[pool.cookie]
+servers = ["127.0.0.1:4000"]
+sticky = { cookie = "srv", same_site = "None", max_age = "1h", secret = "k" }
+
+[pool.eio]
+servers = ["127.0.0.1:4000"]
+sticky = { learn = "engine.io", table_size = 10, expiry = "5m" }
+balance = "hash:path:3"
+
+[pool.io]
+servers = ["127.0.0.1:4000"]
+sticky = { learn = "cookie:io" }
+balance = "hash:header:X-User"
+"#,
+    );
+    let Some(StickyConfig::Cookie(cookie)) = &config.pool("cookie").unwrap().sticky else {
+        panic!("cookie sticky expected");
+    };
+    assert_eq!(
+        (cookie.name.as_str(), cookie.same_site),
+        ("srv", SameSite::None)
+    );
+    assert_eq!(cookie.max_age, Some(Duration::from_secs(3600)));
+    let eio = config.pool("eio").unwrap();
+    let Some(StickyConfig::Learn(learn)) = &eio.sticky else {
+        panic!("learn sticky expected");
+    };
+    assert_eq!(
+        (learn.source.clone(), learn.table_size),
+        (LearnSource::EngineIo, 10)
+    );
+    assert_eq!(eio.hash, Some(HashKey::Path(3)));
+    assert_eq!(
+        config.pool("io").unwrap().hash,
+        Some(HashKey::Header("x-user".into()))
+    );
+
+    let errors = errors(
+        r#"[[listener]]
+name = "a"
+bind = "127.0.0.1:0"
+[[listener.route]]
+pool = "p"
+[pool.p]
+servers = ["127.0.0.1:4000"]
+balance = "hash:path:zero"
+sticky = { cookie = "a b" }
+[pool.q]
+servers = ["127.0.0.1:4000"]
+sticky = { learn = "socket.io" }
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "wharf.toml:8:11: `hash:path:N` needs N between 1 and 16, not \"zero\"",
+            "wharf.toml:9:21: a cookie name must be made of token characters, not \"a b\"",
+            "wharf.toml:12:20: `learn` must be \"cookie:NAME\" or \"engine.io\", not \"socket.io\"",
         ]
     );
 }

@@ -2,8 +2,8 @@
 //!
 //! A small HTTP/1.1 JSON API on its own port (`[admin] bind`), meant for a
 //! private address: it has no authentication. This module accepts
-//! connections and serves each with hyper; [`api`] routes the requests and
-//! [`json`] shapes the answers.
+//! connections and serves each with hyper; `api` routes the requests and
+//! `json` shapes the answers.
 //!
 //! # Endpoints
 //!
@@ -18,8 +18,8 @@
 //! - `drain`: the server gets no new requests or tunnels; requests in flight
 //!   finish, its idle keep-alive connections are closed at once, and its open
 //!   tunnels (websockets) are closed when the pool's `drain_timeout` has passed.
-//! - `maintenance`: as `drain` (and, where active health checks run, they
-//!   stop for the server). A drain deadline already running is kept.
+//! - `maintenance`: as `drain`, and active health checks stop for the server.
+//!   A drain deadline already running (from an earlier `drain`) is kept.
 //! - `ready`: the server takes new requests again (once healthy).
 //!
 //! `{address}` is the server's `IP:port` as in the config: `127.0.0.1:3001`,
@@ -30,10 +30,13 @@
 //! `admin API from CLIENT_IP:PORT`.
 //!
 //! `HEAD` is answered wherever `GET` is. Errors are JSON too,
-//! `{"error": "a sentence"}`: `404` for an unknown path, pool or server,
-//! `400` for an unknown state or a malformed address, `405` (with `Allow`)
-//! for a method a path does not take, `413` for a request body over 1 KiB
-//! (no endpoint takes one), `408` for a body that does not arrive in time.
+//! `{"error": "a sentence"}`:
+//!
+//! - `404`: an unknown path, pool or server;
+//! - `400`: an unknown state, a malformed address, broken percent-encoding;
+//! - `405` (with `Allow`): a method the path does not take;
+//! - `413`: a request body over 1 KiB (no endpoint takes one);
+//! - `408`: a request body that does not arrive within 10 s.
 //!
 //! `POOL`:
 //!
@@ -56,7 +59,7 @@
 //!   "weight": 1,
 //!   "active": 3,                  // requests in flight plus open tunnels
 //!   "idle_connections": 2,        // keep-alive connections kept for reuse
-//!   "serving": true,              // whether new requests may go to it now
+//!   "serving": false,             // whether new requests may go to it now
 //!   "health": {"state": "falling", "count": 1},
 //!                                 // "up" | "falling" | "down" | "rising"; count: the
 //!                                 // checks in a row behind "falling"/"rising", else null

@@ -39,7 +39,9 @@ impl Maglev {
                 (offset, skip)
             })
             .collect();
-        let weights: Vec<u32> = (0..n).map(|i| weights.get(i).copied().unwrap_or(1).max(1)).collect();
+        let weights: Vec<u32> = (0..n)
+            .map(|i| weights.get(i).copied().unwrap_or(1).max(1))
+            .collect();
         let mut next = vec![0u64; n];
         let mut table = vec![u32::MAX; TABLE_SIZE];
         let mut filled = 0;
@@ -71,7 +73,11 @@ impl Maglev {
             return None;
         }
         (0..PROBES).find_map(|probe| {
-            let h = if probe == 0 { key_hash } else { mix(key_hash ^ probe.wrapping_mul(0x9e37_79b9_7f4a_7c15)) };
+            let h = if probe == 0 {
+                key_hash
+            } else {
+                mix(key_hash ^ probe.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            };
             let index = self.table[(h % TABLE_SIZE as u64) as usize] as usize;
             usable(index).then_some(index)
         })
@@ -114,7 +120,11 @@ mod tests {
 
     fn assignments(maglev: &Maglev, keys: usize) -> Vec<usize> {
         (0..keys)
-            .map(|k| maglev.pick(stable_hash(format!("client-{k}").as_bytes()), &|_| true).unwrap())
+            .map(|k| {
+                maglev
+                    .pick(stable_hash(format!("client-{k}").as_bytes()), &|_| true)
+                    .unwrap()
+            })
             .collect()
     }
 
@@ -140,7 +150,10 @@ mod tests {
             let share = moved as f64 / keys as f64;
             let ideal = 1.0 / n as f64;
             // Maglev is near-minimal: allow 30% more than the ideal 1/N.
-            assert!(share >= ideal * 0.9 && share <= ideal * 1.3, "n={n}: {share:.3} moved, ideal {ideal:.3}");
+            assert!(
+                share >= ideal * 0.9 && share <= ideal * 1.3,
+                "n={n}: {share:.3} moved, ideal {ideal:.3}"
+            );
         }
     }
 
@@ -171,7 +184,9 @@ mod tests {
     #[test]
     fn unusable_server_keys_spread_and_others_stay() {
         let maglev = Maglev::new(&names(4), &[1; 4]);
-        let keys: Vec<u64> = (0..20_000).map(|k| stable_hash(format!("k{k}").as_bytes())).collect();
+        let keys: Vec<u64> = (0..20_000)
+            .map(|k| stable_hash(format!("k{k}").as_bytes()))
+            .collect();
         let mut moved_to = [0usize; 4];
         for &key in &keys {
             let home = maglev.pick(key, &|_| true).unwrap();
@@ -183,7 +198,10 @@ mod tests {
                 assert_eq!(now, home, "a key not on the down server moved");
             }
         }
-        assert!(moved_to.iter().enumerate().all(|(i, &c)| i == 2 || c > 500), "{moved_to:?}");
+        assert!(
+            moved_to.iter().enumerate().all(|(i, &c)| i == 2 || c > 500),
+            "{moved_to:?}"
+        );
         assert_eq!(maglev.pick(1, &|_| false), None);
     }
 }

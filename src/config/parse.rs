@@ -16,11 +16,12 @@ use super::reader::{
     Collector, DurationStr, Field, Read, Table, closest, is_bare_key_char, type_name,
 };
 use super::{
-    DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE, HashKey, LearnSource, SameSite, StickyConfig,
-    StickyCookie, StickyLearn, AdminConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES, EjectionPolicy,
-    HealthCheck, HealthConfig, BalanceConfig, Config, ConfigErrors, DEFAULT_IDLE_CONNECTIONS,
-    DEFAULT_LISTENER_MAX_CONNECTIONS, HostMatch, ListenerConfig, ListenerTimeouts, PoolConfig,
-    PoolTimeouts, RouteConfig, ServerConfig, parse_duration,
+    AdminConfig, BalanceConfig, Config, ConfigErrors, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_IDLE_CONNECTIONS, DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE,
+    DEFAULT_LISTENER_MAX_CONNECTIONS, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES, EjectionPolicy, HashKey,
+    HealthCheck, HealthConfig, HostMatch, LearnSource, ListenerConfig, ListenerTimeouts,
+    PoolConfig, PoolTimeouts, RouteConfig, SameSite, ServerConfig, StickyConfig, StickyCookie,
+    StickyLearn, parse_duration,
 };
 
 /// Contract keys and values (DESIGN.md) that this version recognises but does
@@ -79,7 +80,8 @@ fn read_admin(root: &mut Table<'_>) -> Read<Option<AdminConfig>> {
         return Ok(None);
     };
     let bind = t.required("bind", |s: &str| {
-        parse_bind(s).ok_or_else(|| format!("`bind` must be an address like 127.0.0.1:9090, not {s:?}"))
+        parse_bind(s)
+            .ok_or_else(|| format!("`bind` must be an address like 127.0.0.1:9090, not {s:?}"))
     });
     t.finish();
     Ok(Some(AdminConfig { bind: bind? }))
@@ -415,26 +417,40 @@ fn read_health(t: &mut Table<'_>) -> Read<Option<HealthConfig>> {
         if s.starts_with('/') && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             Ok(Some(s.to_owned()))
         } else {
-            Err(format!("health `path` must start with / and have no spaces, not {s:?}"))
+            Err(format!(
+                "health `path` must start with / and have no spaces, not {s:?}"
+            ))
         }
     });
     let host = h.optional("host", None, |s: &str| {
         if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()) {
             Ok(Some(s.to_owned()))
         } else {
-            Err(format!("health `host` must be a host name like app.internal, not {s:?}"))
+            Err(format!(
+                "health `host` must be a host name like app.internal, not {s:?}"
+            ))
         }
     });
-    let interval = h.optional("interval", HealthConfig::DEFAULT_INTERVAL, |DurationStr(s)| {
-        let interval = nonzero_duration("interval", s)?;
-        match interval < MIN_HEALTH_INTERVAL {
-            true => Err(format!("health `interval` must be at least {MIN_HEALTH_INTERVAL:?}")),
-            false => Ok(interval),
-        }
-    });
+    let interval = h.optional(
+        "interval",
+        HealthConfig::DEFAULT_INTERVAL,
+        |DurationStr(s)| {
+            let interval = nonzero_duration("interval", s)?;
+            match interval < MIN_HEALTH_INTERVAL {
+                true => Err(format!(
+                    "health `interval` must be at least {MIN_HEALTH_INTERVAL:?}"
+                )),
+                false => Ok(interval),
+            }
+        },
+    );
     let timeout = duration(&mut h, "timeout", HealthConfig::DEFAULT_TIMEOUT);
-    let rise = h.optional("rise", HealthConfig::DEFAULT_RISE, |n: i64| threshold("rise", n));
-    let fall = h.optional("fall", HealthConfig::DEFAULT_FALL, |n: i64| threshold("fall", n));
+    let rise = h.optional("rise", HealthConfig::DEFAULT_RISE, |n: i64| {
+        threshold("rise", n)
+    });
+    let fall = h.optional("fall", HealthConfig::DEFAULT_FALL, |n: i64| {
+        threshold("fall", n)
+    });
     let (errors, span) = (h.errors(), h.span().clone());
     h.finish();
     let (path, host) = (path?, host?);
@@ -476,8 +492,16 @@ fn read_ejection(t: &mut Table<'_>) -> Read<EjectionPolicy> {
     let count = |key: &'static str| {
         move |n: i64| u32::try_from(n).map_err(|_| format!("`{key}` must be 0 or more, not {n}"))
     };
-    let connect_failures = e.optional("connect_failures", defaults.connect_failures, count("connect_failures"));
-    let server_errors = e.optional("server_errors", defaults.server_errors, count("server_errors"));
+    let connect_failures = e.optional(
+        "connect_failures",
+        defaults.connect_failures,
+        count("connect_failures"),
+    );
+    let server_errors = e.optional(
+        "server_errors",
+        defaults.server_errors,
+        count("server_errors"),
+    );
     let base_time = duration(&mut e, "base_time", defaults.base_time);
     let max_time = duration(&mut e, "max_time", defaults.max_time);
     e.finish();
@@ -534,17 +558,23 @@ fn parse_hash_key(key: &str) -> Result<HashKey, String> {
         if !name.is_empty() && name.chars().all(is_token_char) {
             Ok(name.to_owned())
         } else {
-            Err(format!("`hash:{kind}:NAME` needs a name made of token characters, not {name:?}"))
+            Err(format!(
+                "`hash:{kind}:NAME` needs a name made of token characters, not {name:?}"
+            ))
         }
     };
     match key.split_once(':') {
         None if key == "source_ip" => Ok(HashKey::SourceIp),
-        Some(("header", name)) => named("header", name).map(|n| HashKey::Header(n.to_ascii_lowercase())),
+        Some(("header", name)) => {
+            named("header", name).map(|n| HashKey::Header(n.to_ascii_lowercase()))
+        }
         Some(("query", name)) => named("query", name).map(HashKey::Query),
         Some(("cookie", name)) => named("cookie", name).map(HashKey::Cookie),
         Some(("path", depth)) => match depth.parse::<usize>() {
             Ok(depth @ 1..=16) => Ok(HashKey::Path(depth)),
-            _ => Err(format!("`hash:path:N` needs N between 1 and 16, not {depth:?}")),
+            _ => Err(format!(
+                "`hash:path:N` needs N between 1 and 16, not {depth:?}"
+            )),
         },
         _ => Err(format!(
             "hash balancing takes source_ip, header:NAME, query:NAME, cookie:NAME or path:N, not {key:?}"
@@ -566,7 +596,9 @@ fn read_sticky(t: &mut Table<'_>) -> Read<Option<StickyConfig>> {
                 "Lax" | "lax" => Ok(SameSite::Lax),
                 "Strict" | "strict" => Ok(SameSite::Strict),
                 "None" | "none" => Ok(SameSite::None),
-                _ => Err(format!("`same_site` must be \"Lax\", \"Strict\" or \"None\", not {s:?}")),
+                _ => Err(format!(
+                    "`same_site` must be \"Lax\", \"Strict\" or \"None\", not {s:?}"
+                )),
             });
             let secure = st.optional("secure", false, |b: bool| Ok(b));
             let max_age = duration(&mut st, "max_age", Duration::ZERO);
@@ -582,7 +614,9 @@ fn read_sticky(t: &mut Table<'_>) -> Read<Option<StickyConfig>> {
             })
         }
         (None, Some(source)) => {
-            let table_size = st.optional("table_size", DEFAULT_LEARN_TABLE_SIZE, |n: i64| positive("table_size", n));
+            let table_size = st.optional("table_size", DEFAULT_LEARN_TABLE_SIZE, |n: i64| {
+                positive("table_size", n)
+            });
             let expiry = duration(&mut st, "expiry", DEFAULT_LEARN_EXPIRY);
             st.finish();
             StickyConfig::Learn(StickyLearn {
@@ -610,7 +644,9 @@ fn cookie_name(s: &str) -> Result<String, String> {
     if !s.is_empty() && s.chars().all(is_token_char) {
         Ok(s.to_owned())
     } else {
-        Err(format!("a cookie name must be made of token characters, not {s:?}"))
+        Err(format!(
+            "a cookie name must be made of token characters, not {s:?}"
+        ))
     }
 }
 
@@ -618,7 +654,9 @@ fn parse_learn(s: &str) -> Result<LearnSource, String> {
     match s.strip_prefix("cookie:") {
         _ if s == "engine.io" => Ok(LearnSource::EngineIo),
         Some(name) => cookie_name(name).map(LearnSource::Cookie),
-        None => Err(format!("`learn` must be \"cookie:NAME\" or \"engine.io\", not {s:?}")),
+        None => Err(format!(
+            "`learn` must be \"cookie:NAME\" or \"engine.io\", not {s:?}"
+        )),
     }
 }
 
@@ -738,7 +776,8 @@ fn duration(t: &mut Table<'_>, key: &'static str, default: Duration) -> Read<Dur
 }
 
 fn nonzero_duration(key: &str, s: &str) -> Result<Duration, String> {
-    let duration = parse_duration(s).map_err(|e| format!("`{key}` is not a valid duration: {e}"))?;
+    let duration =
+        parse_duration(s).map_err(|e| format!("`{key}` is not a valid duration: {e}"))?;
     if duration.is_zero() {
         return Err(format!("`{key}` must be longer than zero"));
     }

@@ -7,14 +7,15 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never forwarded (plus any header
-/// named in `Connection`). `Expect` is answered by wharf itself.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// named in `Connection`). `Expect` is answered by wharf itself. `Trailer`
+/// is not among them (RFC 9110 §6.6.2): it tells the receiver which trailer
+/// fields follow, and hyper only forwards declared trailers.
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::EXPECT,
@@ -32,6 +33,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
+}
+
+/// Whether a request's `TE` accepts trailers (the only `TE` value forwarded).
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// The upgrade protocols a request asks for (`Upgrade` with `Connection: upgrade`),

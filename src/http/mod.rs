@@ -21,6 +21,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 pub use body::ResponseBody;
 pub use error::ProxyError;
@@ -28,14 +29,19 @@ pub use error::ProxyError;
 use crate::runtime::Shared;
 
 /// What wharf knows of a client connection, for every request on it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClientConnection {
     /// The client's address (later: as told by PROXY protocol).
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     /// Index of the listener in the config snapshot.
     pub listener: usize,
     /// `http` or `https`.
     pub proto: &'static str,
+    /// The connection's place under the listener's `max_connections`, held
+    /// for as long as the connection lives, a tunnel after an upgrade included.
+    pub slot: Option<OwnedSemaphorePermit>,
 }
 
 /// Serves one client connection until it closes.
@@ -46,6 +52,9 @@ pub async fn serve(stream: TcpStream, client: ClientConnection, shared: Arc<Shar
     let service = service_fn(move |request| proxy::handle(request, client.clone(), shared.clone()));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
+        // A client may finish sending (shut down its write side) and still
+        // wait for the answer or the tunnel, as HAProxy allows.
+        .half_close(true)
         // Also bounds how long an idle keep-alive connection is kept: hyper
         // starts this timer whenever it waits for a request head.
         .header_read_timeout(timeouts.request_header)

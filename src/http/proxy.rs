@@ -8,10 +8,12 @@ use std::time::Instant;
 
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Either};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
+use tokio::sync::watch;
 
 use super::body::{self, Counted, ResponseBody};
 use super::error::ProxyError;
@@ -21,7 +23,7 @@ use super::{ClientConnection, upgrade};
 use crate::config::RouteConfig;
 use crate::runtime::{Shared, Snapshot};
 use crate::sticky::{self, Sticky, engine_io::LearnSid};
-use crate::upstream::{Pool, Server, UpstreamBody};
+use crate::upstream::{Pool, Server, Upload, UpstreamBody};
 
 /// A failed request with what is known of where it was going, for the log.
 struct Failure {
@@ -91,7 +93,7 @@ fn error_response(error: &ProxyError) -> Response<ResponseBody> {
 
 async fn forward(
     mut request: Request<Incoming>,
-    client: &ClientConnection,
+    client: &Arc<ClientConnection>,
     snapshot: &Snapshot,
 ) -> Result<Response<ResponseBody>, Failure> {
     if request.method() == Method::CONNECT {
@@ -112,12 +114,13 @@ async fn forward(
         request.uri(),
         client.peer.ip(),
     );
-    let mut upstream_request = rewrite_request(request, client, host.as_deref(), &upgrades)?;
+    let (mut upstream_request, upload) =
+        rewrite_request(request, client, host.as_deref(), &upgrades)?;
     if let Some(sticky) = &pool.sticky {
         sticky.strip_request(upstream_request.headers_mut());
     }
     let (mut response, guard, connection) =
-        send_with_retries(pool, upstream_request, &affinity)
+        send_with_retries(pool, upstream_request, upload, &affinity)
             .await
             .map_err(|(error, server)| Failure {
                 error,
@@ -145,7 +148,7 @@ async fn forward(
             client_upgrade,
             guard,
             pool.config.timeouts.tunnel_idle,
-            client.peer,
+            client.clone(),
         ));
     }
 
@@ -184,23 +187,50 @@ fn pin_client(
 }
 
 /// The host the client asked for: the authority of an absolute-form URI,
-/// else the `Host` header (RFC 9112 §3.2.2). HTTP/1.1 requires one.
+/// else the `Host` header (RFC 9112 §3.2.2). HTTP/1.1 requires exactly one
+/// `Host`, and it must be a valid `host[:port]` (RFC 9112 §3.2): anything else
+/// could be routed by one value and served by another.
 fn request_host(request: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
-    if let Some(authority) = request.uri().authority() {
-        return Ok(Some(authority.as_str().to_owned()));
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    match request.headers().get(header::HOST) {
+    if let Some(authority) = request.uri().authority() {
+        return valid_host(authority.as_str()).map(Some);
+    }
+    match header {
         Some(value) => {
             let host = value
                 .to_str()
                 .map_err(|_| ProxyError::BadRequest("Host is not visible ASCII"))?;
-            Ok(Some(host.to_owned()))
+            valid_host(host).map(Some)
         }
         None if request.version() == Version::HTTP_11 => {
             Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
         }
         None => Ok(None),
     }
+}
+
+/// `host[:port]` with no user info, path or spaces.
+fn valid_host(host: &str) -> Result<String, ProxyError> {
+    let invalid = ProxyError::BadRequest("invalid Host");
+    let authority: Authority = host.parse().map_err(|_| invalid)?;
+    if authority.host().is_empty() || host.contains('@') || authority.as_str() != host {
+        return Err(ProxyError::BadRequest("invalid Host"));
+    }
+    // `Authority` accepts a port it cannot parse as a number; a Host may not.
+    let port = match host.rfind(']') {
+        Some(end) => host[end + 1..].strip_prefix(':'),
+        None => host.rsplit_once(':').map(|(_, port)| port),
+    };
+    if port.is_some_and(|p| {
+        p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err()
+    }) {
+        return Err(ProxyError::BadRequest("invalid Host port"));
+    }
+    Ok(host.to_owned())
 }
 
 /// The upgrades the client asked for that the route allows; `h2c` never, as
@@ -218,7 +248,7 @@ fn rewrite_request(
     client: &ClientConnection,
     host: Option<&str>,
     upgrades: &[String],
-) -> Result<Request<UpstreamBody>, ProxyError> {
+) -> Result<(Request<UpstreamBody>, Option<watch::Receiver<u64>>), ProxyError> {
     let (mut parts, body) = request.into_parts();
     // Servers get origin-form (`/path?query`) even if the client sent absolute-form.
     let path_and_query = parts
@@ -228,13 +258,30 @@ fn rewrite_request(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
-    if parts.headers.get(header::HOST).is_none()
-        && let Some(host) = host
-    {
-        let value = HeaderValue::from_str(host).map_err(|_| ProxyError::BadRequest("bad host"))?;
-        parts.headers.insert(header::HOST, value);
-    }
+    // The target host replaces `Host` (absolute-form, RFC 9112 §3.2.2); an
+    // HTTP/1.0 request without one gets the address it was sent to, since
+    // the server will see HTTP/1.1, which requires a Host.
+    let host = match host {
+        Some(host) => host.to_owned(),
+        None => client.local.to_string(),
+    };
+    let host = HeaderValue::from_str(&host).map_err(|_| ProxyError::BadRequest("invalid Host"))?;
+    parts.headers.insert(header::HOST, host);
+    let wants_trailers = headers::accepts_trailers(&parts.headers);
     headers::remove_hop_by_hop(&mut parts.headers);
+    if wants_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    // hyper frames a body it cannot size as chunked, except on GET, HEAD and
+    // CONNECT, where it would drop it: say chunked explicitly.
+    if !body.is_end_stream() && body.size_hint().exact().is_none() {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     let original_host = parts.headers.get(header::HOST).cloned();
     let info = ClientInfo {
         ip: client.peer.ip(),
@@ -245,5 +292,15 @@ fn rewrite_request(
     if !upgrades.is_empty() {
         headers::set_upgrade(&mut parts.headers, &upgrades.join(", "));
     }
-    Ok(Request::from_parts(parts, Either::Left(body)))
+    if body.is_end_stream() {
+        return Ok((
+            Request::from_parts(parts, Either::Right(Empty::new())),
+            None,
+        ));
+    }
+    let (upload, progress) = Upload::new(body);
+    Ok((
+        Request::from_parts(parts, Either::Left(upload)),
+        Some(progress),
+    ))
 }

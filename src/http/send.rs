@@ -6,6 +6,10 @@
 //! or when it is idempotent with an empty body, so that replaying it cannot
 //! do anything twice (RFC 9110 §9.2.2). A response timeout is never retried:
 //! a slow server would see the request again and the client wait twice.
+//!
+//! The `response` timeout runs from the end of the request body: while the
+//! body is uploading it bounds the silence between two pieces of it, so a
+//! slow upload is not taken for a slow server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +19,8 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use tokio::sync::watch;
 
 use super::error::ProxyError;
 use crate::config::PoolTimeouts;
@@ -31,6 +37,7 @@ pub type Sent = (Response<Incoming>, ActiveGuard, Connection);
 pub async fn send_with_retries(
     pool: &Pool,
     request: Request<UpstreamBody>,
+    upload: Option<watch::Receiver<u64>>,
     affinity: &Affinity,
 ) -> Result<Sent, (ProxyError, Option<SocketAddr>)> {
     let replay = Replay::of(&request);
@@ -45,11 +52,19 @@ pub async fn send_with_retries(
                 return Err(last_failure.unwrap_or((ProxyError::Unavailable(unavailable), None)));
             }
         };
-        let Some(attempt) = request.take().or_else(|| replay.as_ref().map(Replay::request)) else {
+        let Some(attempt) = request
+            .take()
+            .or_else(|| replay.as_ref().map(Replay::request))
+        else {
             break;
         };
         let server = guard.server().clone();
-        match send(&server, attempt, &pool.config.timeouts).await {
+        let sending = Sending {
+            timeouts: &pool.config.timeouts,
+            upload: upload.clone(),
+            replay: replay.as_ref(),
+        };
+        match send(&server, attempt, sending).await {
             Ok((response, connection)) => {
                 let status = response.status();
                 let outcome = match status.is_server_error() {
@@ -78,11 +93,14 @@ pub async fn send_with_retries(
                 if !retry {
                     break;
                 }
-                request = unsent;
+                request = unsent.map(|r| *r);
             }
         }
     }
-    Err(last_failure.unwrap_or((ProxyError::Unavailable(crate::upstream::Unavailable::NoServer), None)))
+    Err(last_failure.unwrap_or((
+        ProxyError::Unavailable(crate::upstream::Unavailable::NoServer),
+        None,
+    )))
 }
 
 /// What it takes to send an idempotent, bodiless request again.
@@ -97,7 +115,12 @@ impl Replay {
     fn of(request: &Request<UpstreamBody>) -> Option<Replay> {
         let idempotent = matches!(
             *request.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
         );
         (idempotent && request.body().is_end_stream()).then(|| Replay {
             method: request.method().clone(),
@@ -120,67 +143,102 @@ impl Replay {
 struct SendError {
     error: ProxyError,
     /// The request, when no byte of it was sent.
-    unsent: Option<Request<UpstreamBody>>,
+    /// Boxed: a request head is large and errors travel far.
+    unsent: Option<Box<Request<UpstreamBody>>>,
+}
+
+/// How one request is sent.
+struct Sending<'a> {
+    timeouts: &'a PoolTimeouts,
+    /// Progress of the client's body, if it has one.
+    upload: Option<watch::Receiver<u64>>,
+    /// A copy to send again, if the request is idempotent and bodiless.
+    replay: Option<&'a Replay>,
 }
 
 /// Sends the request on an idle keep-alive connection to `server` if there is
-/// one, else on a new connection, and waits for the response head.
+/// one, else on a new connection, and waits for the response head. A reused
+/// connection that the server closed as the request arrived is not the
+/// server's failure: the request goes again on a new connection when that is
+/// safe (it was not sent, or it can be replayed).
 async fn send(
     server: &Server,
     request: Request<UpstreamBody>,
-    timeouts: &PoolTimeouts,
+    sending: Sending<'_>,
 ) -> Result<(Response<Incoming>, Connection), SendError> {
     let mut request = request;
     if let Some(mut connection) = server.idle.take() {
-        match send_on(&mut connection, request, timeouts).await {
+        match send_on(&mut connection, request, &sending).await {
             Ok(response) => return Ok((response, connection)),
-            // The server closed the idle connection just now; a new one is safe.
             Err(SendError {
                 unsent: Some(unsent),
                 ..
-            }) => request = unsent,
-            Err(e) => return Err(e),
+            }) => request = *unsent,
+            Err(e) => match (&e.error, sending.replay) {
+                (ProxyError::Server(_), Some(replay)) => request = replay.request(),
+                _ => return Err(e),
+            },
         }
     }
-    let mut connection = match connect_http(server.address, timeouts.connect).await {
+    let mut connection = match connect_http(server.address, sending.timeouts.connect).await {
         Ok(connection) => connection,
         Err(e) => {
             return Err(SendError {
                 error: ProxyError::Connect(e),
-                unsent: Some(request),
+                unsent: Some(Box::new(request)),
             });
         }
     };
-    let response = send_on(&mut connection, request, timeouts).await?;
+    let response = send_on(&mut connection, request, &sending).await?;
     Ok((response, connection))
 }
 
 async fn send_on(
     connection: &mut Connection,
     request: Request<UpstreamBody>,
-    timeouts: &PoolTimeouts,
+    sending: &Sending<'_>,
 ) -> Result<Response<Incoming>, SendError> {
-    match tokio::time::timeout(timeouts.response, connection.try_send_request(request)).await {
-        Err(_) => Err(SendError {
-            error: ProxyError::ResponseTimeout(timeouts.response),
-            unsent: None,
-        }),
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(mut e)) => {
-            let unsent = e.take_message();
-            Err(SendError {
-                error: ProxyError::Server(e.into_error()),
-                unsent,
-            })
+    let response_timeout = sending.timeouts.response;
+    let timed_out = || SendError {
+        error: ProxyError::ResponseTimeout(response_timeout),
+        unsent: None,
+    };
+    let response = connection.try_send_request(request);
+    tokio::pin!(response);
+    // While the body uploads, the timeout bounds the silence between pieces.
+    if let Some(mut upload) = sending.upload.clone() {
+        loop {
+            tokio::select! {
+                result = &mut response => return result_of(result),
+                changed = upload.changed() => if changed.is_err() { break },
+                () = tokio::time::sleep(response_timeout) => return Err(timed_out()),
+            }
         }
     }
+    match tokio::time::timeout(response_timeout, response).await {
+        Err(_) => Err(timed_out()),
+        Ok(result) => result_of(result),
+    }
+}
+
+fn result_of(
+    result: Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>,
+) -> Result<Response<Incoming>, SendError> {
+    result.map_err(|mut e| {
+        let unsent = e.take_message().map(Box::new);
+        SendError {
+            error: ProxyError::Server(e.into_error()),
+            unsent,
+        }
+    })
 }
 
 /// Puts the connection back in the server's idle pool once the response body
 /// has been read to the end (hyper reports it ready then).
 pub fn return_when_idle(mut connection: Connection, server: Arc<Server>) {
     tokio::spawn(async move {
-        if connection.ready().await.is_ok() {
+        // A server drained, ejected or down meanwhile keeps no idle connection.
+        if connection.ready().await.is_ok() && server.is_serving() {
             server.idle.put(connection);
         }
     });

@@ -2,7 +2,7 @@
 //! an upgrade the client asked for and the route allows, the client gets the
 //! 101 and both connections become a [`crate::tunnel`].
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Response;
@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::{self, ResponseBody};
-use super::headers;
+use super::{ClientConnection, headers};
 use crate::tunnel::{self, TunnelEnd};
 use crate::upstream::ActiveGuard;
 
@@ -24,7 +24,7 @@ pub fn start_tunnel(
     client_upgrade: OnUpgrade,
     guard: ActiveGuard,
     idle_timeout: Duration,
-    client: SocketAddr,
+    connection: Arc<ClientConnection>,
 ) -> Response<ResponseBody> {
     let server_upgrade = hyper::upgrade::on(&mut server_response);
     let (mut parts, _) = server_response.into_parts();
@@ -33,6 +33,8 @@ pub fn start_tunnel(
     headers::set_upgrade(&mut parts.headers, &protocol);
 
     tokio::spawn(async move {
+        // Holding the client connection keeps its listener slot taken.
+        let client = connection.peer;
         let server = guard.server().address;
         let drained = guard.server().drained();
         let (client_io, server_io) = match tokio::try_join!(client_upgrade, server_upgrade) {
@@ -57,6 +59,7 @@ pub fn start_tunnel(
         )
         .await;
         drop(guard);
+        drop(connection);
         let level_is_error = matches!(report.end, TunnelEnd::Error(_));
         if level_is_error {
             tracing::info!(%client, %server, ?report, "tunnel closed by an error");

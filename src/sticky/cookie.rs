@@ -56,7 +56,11 @@ impl StickyCookies {
     pub fn set_cookie(&self, server: usize, tls: bool) -> Option<HeaderValue> {
         let token = self.tokens.get(server)?;
         let c = &self.config;
-        let mut cookie = format!("{}={token}; Path=/; HttpOnly; SameSite={}", c.name, c.same_site.as_str());
+        let mut cookie = format!(
+            "{}={token}; Path=/; HttpOnly; SameSite={}",
+            c.name,
+            c.same_site.as_str()
+        );
         // Browsers drop `SameSite=None` cookies that are not `Secure`.
         if tls || c.secure || c.same_site == SameSite::None {
             cookie.push_str("; Secure");
@@ -188,16 +192,31 @@ mod tests {
         let plain = plain.to_str().unwrap();
         assert!(plain.starts_with("wharf="));
         assert!(plain.ends_with("; Path=/; HttpOnly; SameSite=Lax"));
-        assert!(lax.set_cookie(0, true).unwrap().to_str().unwrap().ends_with("; Secure"));
+        assert!(
+            lax.set_cookie(0, true)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .ends_with("; Secure")
+        );
         let none = StickyCookies::new(&config(SameSite::None), "rt", &addresses());
-        assert!(none.set_cookie(0, false).unwrap().to_str().unwrap().contains("SameSite=None; Secure"));
+        assert!(
+            none.set_cookie(0, false)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("SameSite=None; Secure")
+        );
         assert!(lax.set_cookie(5, false).is_none());
     }
 
     #[test]
     fn remove_keeps_other_cookies() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; wharf=x; io=abc"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; wharf=x; io=abc"),
+        );
         remove(&mut headers, "wharf");
         assert_eq!(headers[header::COOKIE], "a=1; io=abc");
         headers.insert(header::COOKIE, HeaderValue::from_static("wharf=x"));
@@ -208,9 +227,15 @@ mod tests {
     #[test]
     fn set_cookie_values_reads_the_named_cookie() {
         let mut headers = HeaderMap::new();
-        headers.append(header::SET_COOKIE, HeaderValue::from_static("io=abc123; Path=/; HttpOnly"));
+        headers.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("io=abc123; Path=/; HttpOnly"),
+        );
         headers.append(header::SET_COOKIE, HeaderValue::from_static("other=1"));
-        headers.append(header::SET_COOKIE, HeaderValue::from_static("io=; Max-Age=0"));
+        headers.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("io=; Max-Age=0"),
+        );
         assert_eq!(set_cookie_values(&headers, "io"), vec!["abc123".to_owned()]);
     }
 }

@@ -50,7 +50,10 @@ impl<B: Body> Body for LearnSid<B> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         if !*this.done
@@ -61,7 +64,8 @@ impl<B: Body> Body for LearnSid<B> {
             let room = SCAN_LIMIT - this.seen.len();
             this.seen.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if let Some(sid) = find_sid(this.seen) {
-                this.pool.learn_session(sid.to_owned(), *this.server, Instant::now());
+                this.pool
+                    .learn_session(sid.to_owned(), *this.server, Instant::now());
                 *this.done = true;
             } else if this.seen.len() >= SCAN_LIMIT {
                 *this.done = true;
@@ -89,7 +93,10 @@ pub fn find_sid(bytes: &[u8]) -> Option<&str> {
     let rest = &bytes[start..];
     let end = rest.iter().take(MAX_SID_LEN + 1).position(|&b| b == b'"')?;
     let sid = std::str::from_utf8(&rest[..end]).ok()?;
-    let valid = !sid.is_empty() && sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let valid = !sid.is_empty()
+        && sid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     valid.then_some(sid)
 }
 
@@ -99,7 +106,8 @@ mod tests {
 
     #[test]
     fn finds_the_sid_of_eio4_and_eio3_handshakes() {
-        let eio4 = br#"0{"sid":"lv_VI97HAXpY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000}"#;
+        let eio4 =
+            br#"0{"sid":"lv_VI97HAXpY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000}"#;
         assert_eq!(find_sid(eio4), Some("lv_VI97HAXpY6yYWAAAC"));
         let eio3 = br#"96:0{"sid":"Lbo5JLzTotvW3g2LAAAA","upgrades":["websocket"]}2:40"#;
         assert_eq!(find_sid(eio3), Some("Lbo5JLzTotvW3g2LAAAA"));

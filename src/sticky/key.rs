@@ -21,9 +21,7 @@ pub fn hash_of(key: &HashKey, headers: &HeaderMap, uri: &Uri, client_ip: IpAddr)
             let value = headers.get(name.as_str())?;
             Some(stable_hash(value.as_bytes()))
         }
-        HashKey::Query(name) => {
-            query_param(uri.query()?, name).map(|v| stable_hash(v.as_bytes()))
-        }
+        HashKey::Query(name) => query_param(uri.query()?, name).map(|v| stable_hash(v.as_bytes())),
         HashKey::Cookie(name) => cookie::find(headers, name).map(|v| stable_hash(v.as_bytes())),
         HashKey::Path(depth) => path_prefix(uri.path(), *depth).map(|p| stable_hash(p.as_bytes())),
     }
@@ -59,7 +57,10 @@ mod tests {
 
     #[test]
     fn query_param_finds_the_first_non_empty_value() {
-        assert_eq!(query_param("EIO=4&transport=polling&sid=abc", "sid"), Some("abc"));
+        assert_eq!(
+            query_param("EIO=4&transport=polling&sid=abc", "sid"),
+            Some("abc")
+        );
         assert_eq!(query_param("sid=&sid=x", "sid"), Some("x"));
         assert_eq!(query_param("ssid=1", "sid"), None);
         assert_eq!(query_param("EIO", "EIO"), None);

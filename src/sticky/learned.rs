@@ -55,7 +55,13 @@ impl LearnedSessions {
                 table.entries.remove(&oldest);
             }
         }
-        let previous = table.entries.insert(key.clone(), Entry { server, last_seen: now });
+        let previous = table.entries.insert(
+            key.clone(),
+            Entry {
+                server,
+                last_seen: now,
+            },
+        );
         if previous.is_none() {
             table.order.push_back((key, now));
         }

@@ -51,7 +51,11 @@ impl Sticky {
     /// Builds the pool's stickiness for its servers (`addresses` in pool order).
     pub fn new(config: &PoolConfig, addresses: &[String]) -> Option<Sticky> {
         match config.sticky.as_ref()? {
-            StickyConfig::Cookie(cookie) => Some(Sticky::Cookie(StickyCookies::new(cookie, &config.name, addresses))),
+            StickyConfig::Cookie(cookie) => Some(Sticky::Cookie(StickyCookies::new(
+                cookie,
+                &config.name,
+                addresses,
+            ))),
             StickyConfig::Learn(learn) => Some(Sticky::Learn {
                 source: learn.source.clone(),
                 sessions: LearnedSessions::new(learn.table_size, learn.expiry),
@@ -123,7 +127,8 @@ pub fn affinity(
     uri: &Uri,
     client_ip: IpAddr,
 ) -> Affinity {
-    let (pinned, engine_io_handshake) = sticky.map_or((None, false), |s| s.pin(headers, uri, Instant::now()));
+    let (pinned, engine_io_handshake) =
+        sticky.map_or((None, false), |s| s.pin(headers, uri, Instant::now()));
     Affinity {
         pinned,
         hash: hash.and_then(|key| key::hash_of(key, headers, uri, client_ip)),

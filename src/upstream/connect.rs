@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::Upload;
+
 /// The body of a request to a server: the client's, streamed, or none
-/// (a replayed request, a health check).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// (a request without a body, a replayed request, a health check).
+pub type UpstreamBody = Either<Upload, Empty<Bytes>>;
 
 /// A connection ready to carry one request at a time to a server.
 pub type Connection = http1::SendRequest<UpstreamBody>;

@@ -8,21 +8,23 @@
 mod connect;
 mod idle;
 pub mod state;
+mod upload;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
 pub use connect::{ConnectError, Connection, UpstreamBody, connect_http};
 pub use idle::IdlePool;
 pub use state::{AdminState, Change, Health, Outcome, ServerState};
+pub use upload::Upload;
 
 use crate::balance::{self, Balancer, Maglev, ServerView};
-use crate::sticky::{Affinity, Sticky};
 use crate::config::PoolConfig;
+use crate::sticky::{Affinity, Sticky};
 
 /// One server of a pool, with the state that changes while wharf runs.
 #[derive(Debug)]
@@ -71,11 +73,13 @@ impl Server {
             return true;
         }
         let state = self.lock();
-        let serving = state.is_serving(Instant::now());
-        if state.ejected_until.is_none() {
+        let now = Instant::now();
+        // Once the ejection is over, skip the lock again (the past ejection
+        // stays recorded, for the next backoff).
+        if state.ejected_until.is_none_or(|until| now >= until) {
             self.maybe_ejected.store(false, Ordering::Relaxed);
         }
-        serving
+        state.is_serving(now)
     }
 
     fn has_free_slot(&self) -> bool {
@@ -86,7 +90,9 @@ impl Server {
     fn try_acquire(self: &Arc<Self>) -> Option<ActiveGuard> {
         let max = self.max_connections.unwrap_or(usize::MAX);
         self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()?;
         Some(ActiveGuard {
             server: self.clone(),
@@ -95,9 +101,9 @@ impl Server {
 
     /// Records what a request says of the server (passive health).
     pub fn record_outcome(&self, outcome: Outcome, cause: &str) {
-        let change = self
-            .lock()
-            .record_outcome(outcome, &self.config.ejection, Instant::now(), cause);
+        let change =
+            self.lock()
+                .record_outcome(outcome, &self.config.ejection, Instant::now(), cause);
         if let Some(change) = change {
             self.maybe_ejected.store(true, Ordering::Relaxed);
             self.idle.clear();
@@ -170,9 +176,15 @@ impl Server {
 
     fn mirror(&self, state: &ServerState) {
         let serving = state.admin == AdminState::Ready && state.health.is_serving();
-        self.serving.store(serving, Ordering::Relaxed);
-        self.maybe_ejected
-            .store(state.ejected_until.is_some(), Ordering::Relaxed);
+        let was_serving = self.serving.swap(serving, Ordering::Relaxed);
+        if serving && !was_serving {
+            // Requests queued while it was out may go to it now.
+            self.released.notify_waiters();
+        }
+        let ejected = state
+            .ejected_until
+            .is_some_and(|until| Instant::now() < until);
+        self.maybe_ejected.store(ejected, Ordering::Relaxed);
     }
 
     fn log_change(&self, change: &Change) {
@@ -218,6 +230,18 @@ pub enum Unavailable {
     QueueFull,
     #[error("every server stayed at max_connections for the queue timeout")]
     QueueTimeout,
+}
+
+/// How often a queued request looks for a server even if not woken.
+const QUEUE_RECHECK: Duration = Duration::from_millis(100);
+
+/// A request's place in a pool's queue, given up when dropped.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A pool at runtime: its config, its servers and its balancer.
@@ -270,7 +294,11 @@ impl Pool {
             })
             .collect::<Vec<_>>();
         let balancer = balance::build(config.balance, servers.len());
-        let names: Vec<String> = config.servers.iter().map(|s| s.address.to_string()).collect();
+        let names: Vec<String> = config
+            .servers
+            .iter()
+            .map(|s| s.address.to_string())
+            .collect();
         let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
         let maglev = config.hash.as_ref().map(|_| Maglev::new(&names, &weights));
         let sticky = Sticky::new(&config, &names);
@@ -309,7 +337,11 @@ impl Pool {
     /// (servers that already failed this request), and counts the request on
     /// it. When every serving server is full, waits in the pool's queue, up to
     /// `queue_size` requests and `timeouts.queue` long.
-    pub async fn acquire(&self, exclude: &[SocketAddr], affinity: &Affinity) -> Result<ActiveGuard, Unavailable> {
+    pub async fn acquire(
+        &self,
+        exclude: &[SocketAddr],
+        affinity: &Affinity,
+    ) -> Result<ActiveGuard, Unavailable> {
         match self.choose(exclude, affinity) {
             Choice::Chosen(guard) => return Ok(guard),
             Choice::NoServer => return Err(Unavailable::NoServer),
@@ -319,14 +351,21 @@ impl Pool {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Unavailable::QueueFull);
         }
-        let result = tokio::time::timeout(self.config.timeouts.queue, self.wait_for_slot(exclude, affinity))
-            .await
-            .unwrap_or(Err(Unavailable::QueueTimeout));
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        result
+        // Leaves the queue however the wait ends, a client going away included.
+        let _place = QueuePlace(&self.queued);
+        tokio::time::timeout(
+            self.config.timeouts.queue,
+            self.wait_for_slot(exclude, affinity),
+        )
+        .await
+        .unwrap_or(Err(Unavailable::QueueTimeout))
     }
 
-    async fn wait_for_slot(&self, exclude: &[SocketAddr], affinity: &Affinity) -> Result<ActiveGuard, Unavailable> {
+    async fn wait_for_slot(
+        &self,
+        exclude: &[SocketAddr],
+        affinity: &Affinity,
+    ) -> Result<ActiveGuard, Unavailable> {
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
@@ -335,7 +374,12 @@ impl Pool {
             match self.choose(exclude, affinity) {
                 Choice::Chosen(guard) => return Ok(guard),
                 Choice::NoServer => return Err(Unavailable::NoServer),
-                Choice::Full => released.await,
+                // Also look again now and then: a server can become usable
+                // without freeing a slot (back from ejection), and a wake-up
+                // can go to a waiter that cannot use the freed server.
+                Choice::Full => {
+                    let _ = tokio::time::timeout(QUEUE_RECHECK, released).await;
+                }
             }
         }
     }
@@ -379,7 +423,11 @@ impl Pool {
             for server in &self.servers {
                 any_serving |= server.is_serving() && !exclude.contains(&server.address);
             }
-            return if any_serving { Choice::Full } else { Choice::NoServer };
+            return if any_serving {
+                Choice::Full
+            } else {
+                Choice::NoServer
+            };
         }
         Choice::Full
     }

@@ -46,11 +46,19 @@ impl Health {
     }
 
     fn falling(failures: u32, fall: u32) -> Health {
-        if failures >= fall { Health::Down } else { Health::Falling(failures) }
+        if failures >= fall {
+            Health::Down
+        } else {
+            Health::Falling(failures)
+        }
     }
 
     fn rising(successes: u32, rise: u32) -> Health {
-        if successes >= rise { Health::Up } else { Health::Rising(successes) }
+        if successes >= rise {
+            Health::Up
+        } else {
+            Health::Rising(successes)
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -168,7 +176,13 @@ impl ServerState {
     }
 
     /// Applies an active check's result; returns the change if health changed state.
-    pub fn record_check(&mut self, passed: bool, rise: u32, fall: u32, cause: &str) -> Option<Change> {
+    pub fn record_check(
+        &mut self,
+        passed: bool,
+        rise: u32,
+        fall: u32,
+        cause: &str,
+    ) -> Option<Change> {
         let before = self.health;
         self.health = before.after_check(passed, rise, fall);
         let mut change = None;
@@ -184,14 +198,23 @@ impl ServerState {
     }
 
     /// Applies a request's outcome; returns the change if it ejected the server.
-    pub fn record_outcome(&mut self, outcome: Outcome, policy: &EjectionPolicy, now: Instant, cause: &str) -> Option<Change> {
+    pub fn record_outcome(
+        &mut self,
+        outcome: Outcome,
+        policy: &EjectionPolicy,
+        now: Instant,
+        cause: &str,
+    ) -> Option<Change> {
         match outcome {
             Outcome::Success => {
                 self.consecutive_connect_failures = 0;
                 self.consecutive_server_errors = 0;
                 // A server that served well for a whole `max_time` since its
                 // last ejection starts again from the base time.
-                if self.ejected_until.is_some_and(|until| now >= until + policy.max_time) {
+                if self
+                    .ejected_until
+                    .is_some_and(|until| now >= until + policy.max_time)
+                {
                     self.ejected_until = None;
                     self.ejections = 0;
                 }
@@ -200,19 +223,24 @@ impl ServerState {
             Outcome::ConnectFailure => {
                 self.consecutive_connect_failures += 1;
                 let limit = policy.connect_failures;
-                (limit > 0 && self.consecutive_connect_failures >= limit).then(|| self.eject(policy, now, cause))
+                (limit > 0 && self.consecutive_connect_failures >= limit)
+                    .then(|| self.eject(policy, now, cause))
             }
             Outcome::ServerError => {
                 self.consecutive_server_errors += 1;
                 let limit = policy.server_errors;
-                (limit > 0 && self.consecutive_server_errors >= limit).then(|| self.eject(policy, now, cause))
+                (limit > 0 && self.consecutive_server_errors >= limit)
+                    .then(|| self.eject(policy, now, cause))
             }
         }
     }
 
     fn eject(&mut self, policy: &EjectionPolicy, now: Instant, cause: &str) -> Change {
         let doublings = self.ejections.min(16);
-        let time = policy.base_time.saturating_mul(1 << doublings).min(policy.max_time);
+        let time = policy
+            .base_time
+            .saturating_mul(1 << doublings)
+            .min(policy.max_time);
         self.ejections += 1;
         self.ejected_until = Some(now + time);
         self.consecutive_connect_failures = 0;
@@ -281,10 +309,19 @@ mod tests {
         };
         let now = Instant::now();
         let mut s = ServerState::default();
-        assert!(s.record_outcome(Outcome::ServerError, &policy, now, "500").is_none());
-        assert!(s.record_outcome(Outcome::ServerError, &policy, now, "500").is_none());
+        assert!(
+            s.record_outcome(Outcome::ServerError, &policy, now, "500")
+                .is_none()
+        );
+        assert!(
+            s.record_outcome(Outcome::ServerError, &policy, now, "500")
+                .is_none()
+        );
         assert!(s.is_serving(now));
-        assert!(s.record_outcome(Outcome::ServerError, &policy, now, "500").is_some());
+        assert!(
+            s.record_outcome(Outcome::ServerError, &policy, now, "500")
+                .is_some()
+        );
         assert!(!s.is_serving(now));
         assert!(s.is_serving(now + Duration::from_secs(1)));
         // Second ejection: 2s, third: capped at 3s.
@@ -313,9 +350,16 @@ mod tests {
     fn a_passing_check_ends_an_ejection() {
         let now = Instant::now();
         let mut s = ServerState::default();
-        s.record_outcome(Outcome::ConnectFailure, &EjectionPolicy::default(), now, "refused");
+        s.record_outcome(
+            Outcome::ConnectFailure,
+            &EjectionPolicy::default(),
+            now,
+            "refused",
+        );
         assert!(!s.is_serving(now));
-        let change = s.record_check(true, 2, 3, "check passed").expect("a change");
+        let change = s
+            .record_check(true, 2, 3, "check passed")
+            .expect("a change");
         assert_eq!(change.what, "ejection ended");
         assert!(s.is_serving(now));
     }
