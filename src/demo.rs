@@ -63,7 +63,20 @@ pub async fn start_demo_servers() -> std::io::Result<DemoServers> {
 
 /// The demo config: listener `demo` on `bind`, `/ws` to the `realtime` pool
 /// (least connections), everything else to the `web` pool (round robin).
-pub fn demo_config_toml(bind: SocketAddr, servers: &DemoServers) -> String {
+pub fn demo_config_toml(
+    bind: SocketAddr,
+    servers: &DemoServers,
+    tls: Option<&DemoCertificate>,
+) -> String {
+    let tls = match tls {
+        Some(cert) => format!(
+            "\n# TLS and plaintext on the same port, told apart by their first bytes.\n\
+             [listener.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]\nplaintext = \"serve\"\n",
+            cert.cert.display().to_string(),
+            cert.key.display().to_string()
+        ),
+        None => String::new(),
+    };
     let mut list = String::new();
     for (name, addr) in &servers.addrs {
         let _ = writeln!(list, "  {{ address = \"{addr}\", weight = 1 }},   # {name}");
@@ -74,7 +87,7 @@ pub fn demo_config_toml(bind: SocketAddr, servers: &DemoServers) -> String {
 [[listener]]
 name = "demo"
 bind = "{bind}"
-
+{tls}
 # WebSockets: first match wins, so /ws goes to the realtime pool...
 [[listener.route]]
 path_prefix = "/ws"
@@ -97,12 +110,41 @@ servers = [
     )
 }
 
+/// A throwaway self-signed certificate for the demo, in a temporary folder
+/// removed when dropped.
+pub struct DemoCertificate {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    folder: std::path::PathBuf,
+}
+
+impl DemoCertificate {
+    /// Makes a certificate for `localhost` and `127.0.0.1`.
+    pub fn create() -> anyhow::Result<DemoCertificate> {
+        let (cert_pem, key_pem) = crate::tls::self_signed(&["localhost", "127.0.0.1"])?;
+        let folder = std::env::temp_dir().join(format!("wharf-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&folder)?;
+        let (cert, key) = (folder.join("demo.pem"), folder.join("demo.key"));
+        std::fs::write(&cert, cert_pem)?;
+        std::fs::write(&key, key_pem)?;
+        Ok(DemoCertificate { cert, key, folder })
+    }
+}
+
+impl Drop for DemoCertificate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.folder);
+    }
+}
+
 /// Runs `wharf demo`: the demo servers behind wharf on `addr`, until Ctrl-C.
 pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
     let servers = start_demo_servers()
         .await
         .context("cannot start the demo servers")?;
-    let text = demo_config_toml(addr, &servers);
+    let certificate =
+        DemoCertificate::create().context("cannot make the demo's self-signed certificate")?;
+    let text = demo_config_toml(addr, &servers, Some(&certificate));
     let config = crate::config::parse_str("demo.toml", &text)
         .context("the built-in demo config is invalid (a bug in wharf)")?;
     let running = crate::start(config).await.context("cannot start wharf")?;
@@ -112,6 +154,11 @@ pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
     println!(
         "  Open {} in a browser; reload it a few times.\n",
         browse_url(bound)
+    );
+    println!(
+        "  The same port speaks TLS: {} (a self-signed certificate made just now;\n  \
+         your browser will warn about it). The page's websocket becomes wss://.\n",
+        browse_url(bound).replacen("http://", "https://", 1)
     );
     println!("Built-in demo servers:");
     for (name, addr) in &servers.addrs {
@@ -125,6 +172,7 @@ pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
     println!("\nStopping…");
     running.shutdown().await;
     drop(servers);
+    drop(certificate);
     waited.context("cannot listen for Ctrl-C")?;
     Ok(())
 }
@@ -347,7 +395,8 @@ mod tests {
     async fn demo_config_parses() {
         let servers = start_demo_servers().await.unwrap();
         let bind: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let text = demo_config_toml(bind, &servers);
+        let certificate = DemoCertificate::create().expect("a demo certificate");
+        let text = demo_config_toml(bind, &servers, Some(&certificate));
         let config = match crate::config::parse_str("demo.toml", &text) {
             Ok(config) => config,
             Err(e) => panic!("{e}\n--- demo.toml ---\n{text}"),

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
             };
             block_on(async move {
                 let running = wharf::start(config).await?;
+                reload_certificates_on_sighup(&running);
                 wait_for_stop_signal().await;
                 tracing::info!("stopping");
                 running.shutdown().await;
@@ -79,6 +80,25 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
             eprintln!("wharf: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGHUP re-reads the TLS certificates; open connections are untouched.
+fn reload_certificates_on_sighup(running: &wharf::Running) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; certificates will not be reloaded");
+            return;
+        };
+        let shared = running.shared().clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading certificates");
+                shared.snapshot().reload_certificates();
+            }
+        });
     }
 }
 

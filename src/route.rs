@@ -1,4 +1,5 @@
-//! Routing: which pool a request goes to, by host and path. First match wins.
+//! Routing: which pool a request goes to, by host and path, or a TLS
+//! connection by the server name of its ClientHello. First match wins.
 
 use crate::config::{HostMatch, RouteConfig};
 
@@ -10,17 +11,36 @@ pub fn find<'a>(
     path: &str,
 ) -> Option<&'a RouteConfig> {
     let host = host.map(normalize_host);
+    routes
+        .iter()
+        .filter(|route| route.sni.is_none())
+        .find(|route| {
+            let host_ok = match &route.host {
+                None => true,
+                Some(wanted) => host.as_deref().is_some_and(|h| host_matches(wanted, h)),
+            };
+            let path_ok = route
+                .path_prefix
+                .as_deref()
+                .is_none_or(|prefix| path.starts_with(prefix));
+            host_ok && path_ok
+        })
+}
+
+/// Finds the first TLS passthrough route whose `sni` matches `server_name`.
+pub fn find_sni<'a>(routes: &'a [RouteConfig], server_name: &str) -> Option<&'a RouteConfig> {
+    let name = normalize_host(server_name);
     routes.iter().find(|route| {
-        let host_ok = match &route.host {
-            None => true,
-            Some(wanted) => host.as_deref().is_some_and(|h| host_matches(wanted, h)),
-        };
-        let path_ok = route
-            .path_prefix
-            .as_deref()
-            .is_none_or(|prefix| path.starts_with(prefix));
-        host_ok && path_ok
+        route
+            .sni
+            .as_ref()
+            .is_some_and(|wanted| host_matches(wanted, &name))
     })
+}
+
+/// Whether any route passes TLS through by SNI (then ClientHellos are read).
+pub fn has_sni_routes(routes: &[RouteConfig]) -> bool {
+    routes.iter().any(|route| route.sni.is_some())
 }
 
 fn host_matches(wanted: &HostMatch, host: &str) -> bool {
@@ -54,6 +74,7 @@ mod tests {
             path_prefix: prefix.map(str::to_owned),
             pool: pool.to_owned(),
             upgrades: vec!["websocket".into()],
+            sni: None,
         }
     }
 

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::tls::{CertificateFiles, TlsTerminator};
 use crate::upstream::Pool;
 use crate::{admin, health, listener};
 
@@ -26,16 +27,57 @@ use crate::{admin, health, listener};
 pub struct Snapshot {
     pub config: Config,
     pools: HashMap<String, Arc<Pool>>,
+    /// Each listener's TLS terminator, by listener index.
+    tls: Vec<Option<Arc<TlsTerminator>>>,
 }
 
 impl Snapshot {
-    fn new(config: Config) -> Self {
+    fn new(config: Config) -> Result<Self, StartError> {
         let pools = config
             .pools
             .iter()
             .map(|p| (p.name.clone(), Arc::new(Pool::new(p.clone()))))
             .collect();
-        Snapshot { config, pools }
+        let tls = config
+            .listeners
+            .iter()
+            .map(|listener| {
+                let Some(tls) = &listener.tls else {
+                    return Ok(None);
+                };
+                let files: Vec<CertificateFiles> = tls
+                    .certificates
+                    .iter()
+                    .map(|c| CertificateFiles::new(&c.cert, &c.key))
+                    .collect();
+                TlsTerminator::load(&files)
+                    .map(|t| Some(Arc::new(t)))
+                    .map_err(|source| StartError::Tls {
+                        name: listener.name.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Snapshot { config, pools, tls })
+    }
+
+    /// The TLS terminator of listener `index`, if it has TLS.
+    pub fn tls(&self, index: usize) -> Option<&Arc<TlsTerminator>> {
+        self.tls.get(index)?.as_ref()
+    }
+
+    /// Re-reads every listener's certificates (SIGHUP); a listener whose new
+    /// files are bad keeps its old certificates, and the error is logged.
+    pub fn reload_certificates(&self) {
+        for (listener, tls) in self.config.listeners.iter().zip(&self.tls) {
+            let Some(tls) = tls else { continue };
+            match tls.reload() {
+                Ok(()) => tracing::info!(listener = %listener.name, "certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(listener = %listener.name, error = %e, "certificate reload failed; keeping the old ones")
+                }
+            }
+        }
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
@@ -62,6 +104,11 @@ impl Shared {
 /// Why wharf could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("listener `{name}`: {source}")]
+    Tls {
+        name: String,
+        source: crate::tls::TlsError,
+    },
     #[error("listener `{name}` cannot bind {addr}: {source}")]
     Bind {
         name: String,
@@ -93,6 +140,11 @@ impl Running {
         self.admin_addr
     }
 
+    /// Re-reads every listener's TLS certificates from disk (what SIGHUP does).
+    pub fn reload_certificates(&self) {
+        self.shared.snapshot().reload_certificates();
+    }
+
     /// The runtime state, for inspection (tests, admin).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
@@ -110,6 +162,8 @@ impl Running {
 
 /// Binds every listener of `config` and starts serving on the current tokio runtime.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let snapshot = Snapshot::new(config)?;
+    let config = &snapshot.config;
     let mut bound = Vec::new();
     for (index, listener) in config.listeners.iter().enumerate() {
         let socket = TcpListener::bind(listener.bind)
@@ -142,7 +196,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
 
     let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
+        snapshot: ArcSwap::from_pointee(snapshot),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();

@@ -254,3 +254,115 @@ async fn carry(
     .await;
     result.unwrap_or_else(TunnelEnd::Error)
 }
+
+/// Buffer size per direction for tunnels over streams that have no
+/// readiness API (TLS): those hold rustls's own buffers anyway.
+const GENERIC_BUFFER: usize = 16 * 1024;
+
+/// As [`run`], for a client stream that is not a bare TCP socket (a TLS
+/// stream): a plain read-then-write copy each way, with the same idle
+/// timeout, half-close and drain.
+pub async fn run_generic<C>(
+    client: C,
+    mut server: TcpStream,
+    client_early: Bytes,
+    server_early: Bytes,
+    idle_timeout: Duration,
+    closing: impl Future<Output = ()>,
+) -> TunnelReport
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use std::sync::atomic::AtomicU64;
+
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let mut report = TunnelReport {
+        client_to_server: client_early.len() as u64,
+        server_to_client: server_early.len() as u64,
+        end: TunnelEnd::Closed,
+    };
+    let early = async {
+        server.write_all(&client_early).await?;
+        client_write.write_all(&server_early).await
+    };
+    if let Err(e) = tokio::time::timeout(idle_timeout, early)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
+    {
+        report.end = TunnelEnd::Error(e);
+        return report;
+    }
+    drop((client_early, server_early));
+    let (mut server_read, mut server_write) = server.split();
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let up = copy_counted(&mut client_read, &mut server_write, &activity, &up_bytes);
+    let down = copy_counted(&mut server_read, &mut client_write, &activity, &down_bytes);
+    let both = async { tokio::try_join!(up, down) };
+    let idle = async {
+        loop {
+            let deadline = activity.last() + idle_timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    report.end = tokio::select! {
+        result = both => match result {
+            Ok(_) => TunnelEnd::Closed,
+            Err(e) => TunnelEnd::Error(e),
+        },
+        () = idle => TunnelEnd::IdleTimeout,
+        () = closing => TunnelEnd::Drained,
+    };
+    report.client_to_server += up_bytes.into_inner();
+    report.server_to_client += down_bytes.into_inner();
+    report
+}
+
+/// When bytes last moved, shared by both directions of a generic tunnel.
+struct Activity {
+    start: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// Copies until end of stream, then shuts the writer down (half-close).
+async fn copy_counted<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    activity: &Activity,
+    bytes: &std::sync::atomic::AtomicU64,
+) -> io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+
+    let mut buf = vec![0u8; GENERIC_BUFFER];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            let _ = writer.shutdown().await;
+            return Ok(());
+        }
+        writer.write_all(&buf[..n]).await?;
+        activity.touch();
+        bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -86,6 +86,7 @@ fn full_config_parses_into_the_model() {
         public.timeouts,
         ListenerTimeouts {
             request_header: Duration::from_secs(5),
+            ..ListenerTimeouts::default()
         }
     );
     assert_eq!(public.routes.len(), 2);

@@ -58,6 +58,39 @@ pub struct ListenerConfig {
     /// Open client connections beyond which the listener stops accepting.
     pub max_connections: usize,
     pub timeouts: ListenerTimeouts,
+    /// Peers allowed to send a PROXY protocol header (v1 or v2); from anyone
+    /// else a connection starting with one is refused.
+    pub proxy_protocol: Vec<ipnet::IpNet>,
+    /// The `mode = "tcp"` pool that gets connections that are neither TLS nor HTTP.
+    pub tcp_pool: Option<String>,
+    /// Answer to `<policy-file-request/>`, read from the file at load.
+    pub flash_policy: Option<std::sync::Arc<[u8]>>,
+    pub tls: Option<ListenerTls>,
+}
+
+/// `[listener.tls]`: TLS on this port, told apart from plaintext by its first bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Chosen by SNI; the first is the default.
+    pub certificates: Vec<CertificatePaths>,
+    pub plaintext: Plaintext,
+}
+
+/// A PEM certificate chain and its PEM private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificatePaths {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// What a TLS listener does with plaintext HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plaintext {
+    Serve,
+    /// 301 to the https URL of the same host and path.
+    Redirect,
+    /// 400 and close.
+    Reject,
 }
 
 /// Client-side timeouts of a listener.
@@ -67,12 +100,19 @@ pub struct ListenerTimeouts {
     /// hyper starts this timer whenever it waits for a request, so it also
     /// bounds how long an idle keep-alive client connection is kept open.
     pub request_header: Duration,
+    /// A client that sends nothing for this long after connecting is closed.
+    pub first_bytes: Duration,
+    /// With a `tcp_pool`: a client silent for this long is handed to the TCP
+    /// pool, for protocols where the server speaks first.
+    pub server_first: Option<Duration>,
 }
 
 impl Default for ListenerTimeouts {
     fn default() -> Self {
         ListenerTimeouts {
             request_header: Duration::from_secs(10),
+            first_bytes: Duration::from_secs(10),
+            server_first: None,
         }
     }
 }
@@ -88,6 +128,10 @@ pub struct RouteConfig {
     pub pool: String,
     /// Lower-case protocol names that may upgrade through this route; never `h2c`.
     pub upgrades: Vec<String>,
+    /// A TLS passthrough route: connections whose ClientHello names this
+    /// server go, still encrypted, to `pool` (a TCP pool). Such a route has
+    /// no `host` or `path_prefix` and is never used for HTTP requests.
+    pub sni: Option<HostMatch>,
 }
 
 /// How a route matches the request's host (compared without port, case-insensitively).
@@ -103,6 +147,10 @@ pub enum HostMatch {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub name: String,
+    /// HTTP (requests, upgrades) or TCP (raw byte tunnels).
+    pub mode: PoolMode,
+    /// A PROXY protocol header sent to servers on each new connection.
+    pub send_proxy_protocol: Option<ProxyVersion>,
     pub servers: Vec<ServerConfig>,
     /// The algorithm; with `hash`, the one used for requests without the key.
     pub balance: BalanceConfig,
@@ -181,6 +229,19 @@ impl Default for EjectionPolicy {
             max_time: Duration::from_secs(60),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolMode {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 /// One server of a pool.

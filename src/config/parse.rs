@@ -16,12 +16,12 @@ use super::reader::{
     Collector, DurationStr, Field, Read, Table, closest, is_bare_key_char, type_name,
 };
 use super::{
-    AdminConfig, BalanceConfig, Config, ConfigErrors, DEFAULT_DRAIN_TIMEOUT,
+    AdminConfig, BalanceConfig, CertificatePaths, Config, ConfigErrors, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_CONNECTIONS, DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE,
     DEFAULT_LISTENER_MAX_CONNECTIONS, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES, EjectionPolicy, HashKey,
     HealthCheck, HealthConfig, HostMatch, LearnSource, ListenerConfig, ListenerTimeouts,
-    PoolConfig, PoolTimeouts, RouteConfig, SameSite, ServerConfig, StickyConfig, StickyCookie,
-    StickyLearn, parse_duration,
+    ListenerTls, Plaintext, PoolConfig, PoolMode, PoolTimeouts, ProxyVersion, RouteConfig,
+    SameSite, ServerConfig, StickyConfig, StickyCookie, StickyLearn, parse_duration,
 };
 
 /// Contract keys and values (DESIGN.md) that this version recognises but does
@@ -30,10 +30,8 @@ use super::{
 /// feature lands.
 mod not_yet {
     pub const TOP_LEVEL: &[&str] = &[];
-    pub const LISTENER: &[&str] = &["proxy_protocol", "tcp_pool", "flash_policy", "tls"];
-    pub const POOL: &[&str] = &["send_proxy_protocol"];
-    /// Values of a pool's `mode` (the contract has "http" and "tcp").
-    pub const POOL_MODES: &[&str] = &["tcp"];
+    pub const LISTENER: &[&str] = &[];
+    pub const POOL: &[&str] = &[];
 }
 
 /// Upgrade protocols a route allows when it does not say.
@@ -65,7 +63,14 @@ fn read_config(mut root: Table<'_>) -> Read<Config> {
             .into_iter()
             .map(|(name, table)| read_pool(name, table)))
     });
-    let listeners = read_listeners(&mut root, defined.as_deref());
+    let known = defined.map(|names| KnownPools {
+        names,
+        modes: pools
+            .as_ref()
+            .map(|pools| pools.iter().map(|p| (p.name.clone(), p.mode)).collect())
+            .unwrap_or_default(),
+    });
+    let listeners = read_listeners(&mut root, known.as_ref());
     root.finish();
     Ok(Config {
         admin: admin?,
@@ -102,7 +107,23 @@ struct Taken {
     binds: Vec<(SocketAddr, usize)>,
 }
 
-fn read_listeners(root: &mut Table<'_>, pools: Option<&[&str]>) -> Read<Vec<ListenerConfig>> {
+/// The pools a route or `tcp_pool` may name, with their modes where known
+/// (a pool with mistakes of its own has no known mode and is not checked).
+struct KnownPools<'a> {
+    names: Vec<&'a str>,
+    modes: Vec<(String, PoolMode)>,
+}
+
+impl KnownPools<'_> {
+    fn mode(&self, name: &str) -> Option<PoolMode> {
+        self.modes.iter().find(|(n, _)| n == name).map(|(_, m)| *m)
+    }
+}
+
+fn read_listeners(
+    root: &mut Table<'_>,
+    pools: Option<&KnownPools<'_>>,
+) -> Read<Vec<ListenerConfig>> {
     let tables = root.tables("listener")?;
     if tables.is_empty() {
         return Err(root.errors().absent(
@@ -118,7 +139,7 @@ fn read_listeners(root: &mut Table<'_>, pools: Option<&[&str]>) -> Read<Vec<List
 
 fn read_listener(
     mut t: Table<'_>,
-    pools: Option<&[&str]>,
+    pools: Option<&KnownPools<'_>>,
     taken: &mut Taken,
 ) -> Read<ListenerConfig> {
     t.not_yet(not_yet::LISTENER);
@@ -131,14 +152,142 @@ fn read_listener(
     );
     let timeouts = read_listener_timeouts(&mut t);
     let routes = read_routes(&mut t, pools);
+    let proxy_protocol = read_cidrs(&mut t);
+    let tcp_pool = read_tcp_pool(&mut t, pools);
+    let base = t.errors().base_dir();
+    let flash_policy = t.optional("flash_policy", None, |s: &str| {
+        let path = base.join(s);
+        std::fs::read(&path)
+            .map(|bytes| Some(std::sync::Arc::from(bytes)))
+            .map_err(|e| format!("cannot read the flash policy file {}: {e}", path.display()))
+    });
+    let tls = read_tls(&mut t);
+    let (errors, span) = (t.errors(), t.span().clone());
     t.finish();
+    let timeouts = timeouts?;
+    let tcp_pool = tcp_pool?;
+    if timeouts.server_first.is_some() && tcp_pool.is_none() {
+        return Err(errors.error(
+            &span,
+            "`timeouts.server_first` needs a `tcp_pool` to hand silent clients to",
+        ));
+    }
     Ok(ListenerConfig {
         name: name?,
         bind: bind?,
         routes: routes?,
         max_connections: max_connections?,
-        timeouts: timeouts?,
+        timeouts,
+        proxy_protocol: proxy_protocol?,
+        tcp_pool,
+        flash_policy: flash_policy?,
+        tls: tls?,
     })
+}
+
+/// `proxy_protocol = ["10.0.0.0/8", "127.0.0.1"]`: trusted peers, as CIDRs or addresses.
+fn read_cidrs(t: &mut Table<'_>) -> Read<Vec<ipnet::IpNet>> {
+    let Some(list) = t.get::<&DeArray<'_>>("proxy_protocol")? else {
+        return Ok(Vec::new());
+    };
+    let errors = t.errors();
+    all(list.value.iter().map(|item| match item.get_ref() {
+        DeValue::String(s) => parse_cidr(s).map_err(|m| errors.error(&item.span(), m)),
+        other => Err(errors.error(
+            &item.span(),
+            format!(
+                "each entry of `proxy_protocol` must be a CIDR like \"10.0.0.0/8\", not {}",
+                type_name(other)
+            ),
+        )),
+    }))
+}
+
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| {
+            format!(
+                "`proxy_protocol` entries must be CIDRs like \"10.0.0.0/8\" or addresses, not {s:?}"
+            )
+        })
+}
+
+/// `tcp_pool = "NAME"`: a defined pool with `mode = "tcp"`.
+fn read_tcp_pool(t: &mut Table<'_>, pools: Option<&KnownPools<'_>>) -> Read<Option<String>> {
+    let Some(field) = t.get::<&str>("tcp_pool")? else {
+        return Ok(None);
+    };
+    let name = field.value;
+    let errors = t.errors();
+    let Some(pools) = pools else {
+        return Ok(Some(name.to_owned()));
+    };
+    if !pools.names.contains(&name) {
+        return Err(errors.absent(
+            &field.span,
+            format!("`tcp_pool` refers to pool `{name}`, which is not defined"),
+        ));
+    }
+    if pools.mode(name) == Some(PoolMode::Http) {
+        return Err(errors.error(
+            &field.span,
+            format!("`tcp_pool` must name a pool with `mode = \"tcp\"`; `{name}` is an HTTP pool"),
+        ));
+    }
+    Ok(Some(name.to_owned()))
+}
+
+/// `[listener.tls]`: `certificates = [{ cert, key }, ...]` and `plaintext`.
+fn read_tls(t: &mut Table<'_>) -> Read<Option<ListenerTls>> {
+    let Some(mut tls) = t.table("tls")? else {
+        return Ok(None);
+    };
+    let errors = tls.errors();
+    let base = errors.base_dir();
+    let certificates = tls.get_required::<&DeArray<'_>>("certificates").and_then(|list| {
+        if list.value.is_empty() {
+            return Err(errors.error(&list.span, "`certificates` is empty; TLS needs at least one certificate"));
+        }
+        all(list.value.iter().map(|item| {
+            let Some(mut c) = Table::from_item(errors, item, String::new(), "a certificate table".into()) else {
+                return Err(errors.error(
+                    &item.span(),
+                    "each certificate must be a table like { cert = \"certs/app.pem\", key = \"certs/app.key\" }",
+                ));
+            };
+            let file = |key: &'static str| {
+                let base = &base;
+                move |s: &str| {
+                    let path = base.join(s);
+                    match path.is_file() {
+                        true => Ok(path),
+                        false => Err(format!("the {key} file {} does not exist", path.display())),
+                    }
+                }
+            };
+            let cert = c.required("cert", file("certificate"));
+            let key = c.required("key", file("key"));
+            c.finish();
+            Ok(CertificatePaths { cert: cert?, key: key? })
+        }))
+    });
+    let plaintext = tls.optional("plaintext", Plaintext::Serve, |s: &str| match s {
+        "serve" => Ok(Plaintext::Serve),
+        "redirect" => Ok(Plaintext::Redirect),
+        "reject" => Ok(Plaintext::Reject),
+        _ => Err(format!(
+            "`plaintext` must be \"serve\", \"redirect\" or \"reject\", not {s:?}"
+        )),
+    });
+    tls.finish();
+    Ok(Some(ListenerTls {
+        certificates: certificates?,
+        plaintext: plaintext?,
+    }))
 }
 
 /// Names identify listeners in logs and metrics, so they must be unique.
@@ -214,15 +363,21 @@ fn read_listener_timeouts(t: &mut Table<'_>) -> Read<ListenerTimeouts> {
         return Ok(defaults);
     };
     let request_header = duration(&mut timeouts, "request_header", defaults.request_header);
+    let first_bytes = duration(&mut timeouts, "first_bytes", defaults.first_bytes);
+    let server_first = timeouts.optional("server_first", None, |DurationStr(s)| {
+        nonzero_duration("server_first", s).map(Some)
+    });
     timeouts.finish();
     Ok(ListenerTimeouts {
         request_header: request_header?,
+        first_bytes: first_bytes?,
+        server_first: server_first?,
     })
 }
 
 // ---------------------------------------------------------------- routes
 
-fn read_routes(t: &mut Table<'_>, pools: Option<&[&str]>) -> Read<Vec<RouteConfig>> {
+fn read_routes(t: &mut Table<'_>, pools: Option<&KnownPools<'_>>) -> Read<Vec<RouteConfig>> {
     let tables = t.tables("route")?;
     if tables.is_empty() {
         return Err(t.errors().absent(
@@ -233,30 +388,61 @@ fn read_routes(t: &mut Table<'_>, pools: Option<&[&str]>) -> Read<Vec<RouteConfi
     all(tables.into_iter().map(|route| read_route(route, pools)))
 }
 
-fn read_route(mut t: Table<'_>, pools: Option<&[&str]>) -> Read<RouteConfig> {
+fn read_route(mut t: Table<'_>, pools: Option<&KnownPools<'_>>) -> Read<RouteConfig> {
     let host = t.optional("host", None, |s: &str| parse_host(s).map(Some));
     let path_prefix = t.optional("path_prefix", None, |s: &str| {
         parse_path_prefix(s).map(Some)
     });
-    let pool = read_route_pool(&mut t, pools);
+    let sni = t.optional("sni", None, |s: &str| parse_host(s).map(Some));
+    let (host, path_prefix, sni) = (host?, path_prefix?, sni?);
+    let (errors, span) = (t.errors(), t.span().clone());
+    if sni.is_some() && (host.is_some() || path_prefix.is_some()) {
+        t.finish();
+        return Err(errors.error(
+            &span,
+            "a route with `sni` passes TLS through unread, so it cannot also match `host` or `path_prefix`",
+        ));
+    }
+    let wanted = if sni.is_some() {
+        PoolMode::Tcp
+    } else {
+        PoolMode::Http
+    };
+    let pool = read_route_pool(&mut t, pools, wanted);
     let upgrades = read_upgrades(&mut t);
     t.finish();
     Ok(RouteConfig {
-        host: host?,
-        path_prefix: path_prefix?,
+        host,
+        path_prefix,
         pool: pool?,
         upgrades: upgrades?,
+        sni,
     })
 }
 
 /// The route's pool, which must be one of the `[pool.NAME]` tables.
-fn read_route_pool(t: &mut Table<'_>, pools: Option<&[&str]>) -> Read<String> {
+fn read_route_pool(
+    t: &mut Table<'_>,
+    pools: Option<&KnownPools<'_>>,
+    wanted: PoolMode,
+) -> Read<String> {
     let field = t.get_required::<&str>("pool")?;
     let name = field.value;
     match pools {
-        Some(pools) if !pools.contains(&name) => {
+        Some(pools) if pools.mode(name).is_some_and(|mode| mode != wanted) => {
+            let message = match wanted {
+                PoolMode::Http => format!(
+                    "route sends HTTP to pool `{name}`, which is a TCP pool; use it as `tcp_pool` or in a route with `sni`"
+                ),
+                PoolMode::Tcp => format!(
+                    "a route with `sni` needs a pool with `mode = \"tcp\"`; `{name}` is an HTTP pool"
+                ),
+            };
+            Err(t.errors().error(&field.span, message))
+        }
+        Some(pools) if !pools.names.contains(&name) => {
             let mut message = format!("route refers to pool `{name}`, which is not defined");
-            if let Some(close) = closest(name, pools) {
+            if let Some(close) = closest(name, &pools.names) {
                 message.push_str(&format!("; did you mean `{close}`?"));
             }
             // Absent rather than invalid: after a syntax error the pool may be what was lost.
@@ -365,7 +551,14 @@ fn read_pool(name: Field<&str>, mut t: Table<'_>) -> Read<PoolConfig> {
     t.not_yet(not_yet::POOL);
     let errors = t.errors();
     let valid_name = check_pool_name(name.value).map_err(|m| errors.error(&name.span, m));
-    let mode = t.optional("mode", (), parse_mode);
+    let mode = t.optional("mode", PoolMode::Http, parse_mode);
+    let send_proxy_protocol = t.optional("send_proxy_protocol", None, |s: &str| match s {
+        "v1" => Ok(Some(ProxyVersion::V1)),
+        "v2" => Ok(Some(ProxyVersion::V2)),
+        _ => Err(format!(
+            "`send_proxy_protocol` must be \"v1\" or \"v2\", not {s:?}"
+        )),
+    });
     let servers = read_servers(&mut t);
     let balance = t.optional("balance", (BalanceConfig::default(), None), parse_balance);
     let sticky = read_sticky(&mut t);
@@ -390,9 +583,10 @@ fn read_pool(name: Field<&str>, mut t: Table<'_>) -> Read<PoolConfig> {
     let ejection = read_ejection(&mut t);
     t.finish();
     valid_name?;
-    mode?;
     Ok(PoolConfig {
         name: name.value.to_owned(),
+        mode: mode?,
+        send_proxy_protocol: send_proxy_protocol?,
         servers: servers?,
         balance: balance.as_ref().map(|b| b.0).unwrap_or_default(),
         hash: balance?.1,
@@ -526,15 +720,11 @@ fn check_pool_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn parse_mode(s: &str) -> Result<(), String> {
-    if s == "http" {
-        Ok(())
-    } else if not_yet::POOL_MODES.contains(&s) {
-        Err(format!(
-            "`mode = {s:?}` is not supported by this version of wharf yet"
-        ))
-    } else {
-        Err(format!("`mode` must be \"http\" or \"tcp\", not {s:?}"))
+fn parse_mode(s: &str) -> Result<PoolMode, String> {
+    match s {
+        "http" => Ok(PoolMode::Http),
+        "tcp" => Ok(PoolMode::Tcp),
+        _ => Err(format!("`mode` must be \"http\" or \"tcp\", not {s:?}")),
     }
 }
 

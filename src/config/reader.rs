@@ -72,6 +72,15 @@ impl<'s> Collector<'s> {
         }
     }
 
+    /// The folder that relative paths in the file (certificates, policy
+    /// files) are relative to: the config file's own.
+    pub fn base_dir(&self) -> std::path::PathBuf {
+        std::path::Path::new(self.file)
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
     /// Records an error of the TOML parser itself (syntax, duplicate key).
     pub fn syntax(&self, span: Option<Span>, message: &str) {
         let span = span.unwrap_or(0..0);

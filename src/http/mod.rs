@@ -4,12 +4,14 @@
 //! - `proxy`: one request: route, rewrite, forward, stream the answer back.
 //! - `send`: delivery to a server of the pool, with retries where safe.
 //! - `upgrade`: a 101 answer turned into a tunnel.
+//! - `plaintext`: the redirect or refusal for plaintext on a TLS port.
 //! - `headers`: hop-by-hop removal and forwarding headers.
 //! - `error`: what a failure costs the client (status, body).
 
 mod body;
 mod error;
 pub mod headers;
+mod plaintext;
 mod proxy;
 mod send;
 mod upgrade;
@@ -20,11 +22,12 @@ use std::sync::Arc;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
 pub use body::ResponseBody;
 pub use error::ProxyError;
+pub use plaintext::serve_plaintext_answer;
 
 use crate::runtime::Shared;
 
@@ -44,8 +47,11 @@ pub struct ClientConnection {
     pub slot: Option<OwnedSemaphorePermit>,
 }
 
-/// Serves one client connection until it closes.
-pub async fn serve(stream: TcpStream, client: ClientConnection, shared: Arc<Shared>) {
+/// Serves one client connection (plain TCP or TLS) until it closes.
+pub async fn serve<I>(io: I, client: ClientConnection, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let timeouts = shared.snapshot().config.listeners[client.listener].timeouts;
     let client = Arc::new(client);
     let peer = client.peer;
@@ -58,7 +64,7 @@ pub async fn serve(stream: TcpStream, client: ClientConnection, shared: Arc<Shar
         // Also bounds how long an idle keep-alive connection is kept: hyper
         // starts this timer whenever it waits for a request head.
         .header_read_timeout(timeouts.request_header)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = connection.await {
         // hyper has already answered a malformed request with 400 and closed.

@@ -119,14 +119,19 @@ async fn forward(
     if let Some(sticky) = &pool.sticky {
         sticky.strip_request(upstream_request.headers_mut());
     }
-    let (mut response, guard, connection) =
-        send_with_retries(pool, upstream_request, upload, &affinity)
-            .await
-            .map_err(|(error, server)| Failure {
-                error,
-                pool: Some(pool.name().to_owned()),
-                server,
-            })?;
+    let (mut response, guard, connection) = send_with_retries(
+        pool,
+        upstream_request,
+        upload,
+        &affinity,
+        (client.peer, client.local),
+    )
+    .await
+    .map_err(|(error, server)| Failure {
+        error,
+        pool: Some(pool.name().to_owned()),
+        server,
+    })?;
     let server = guard.server().clone();
     pin_client(pool, &affinity, &server, client, response.headers_mut());
     let fail = |error| Failure {

@@ -23,7 +23,8 @@ use hyper::client::conn::TrySendError;
 use tokio::sync::watch;
 
 use super::error::ProxyError;
-use crate::config::PoolTimeouts;
+use crate::config::{PoolTimeouts, ProxyVersion};
+use crate::proxy_protocol;
 use crate::sticky::Affinity;
 use crate::upstream::{ActiveGuard, Connection, Outcome, Pool, Server, UpstreamBody, connect_http};
 
@@ -39,7 +40,15 @@ pub async fn send_with_retries(
     request: Request<UpstreamBody>,
     upload: Option<watch::Receiver<u64>>,
     affinity: &Affinity,
+    client: (SocketAddr, SocketAddr),
 ) -> Result<Sent, (ProxyError, Option<SocketAddr>)> {
+    let proxy_header = pool
+        .config
+        .send_proxy_protocol
+        .map(|version| match version {
+            ProxyVersion::V1 => proxy_protocol::encode_v1(client.0, client.1),
+            ProxyVersion::V2 => proxy_protocol::encode_v2(client.0, client.1),
+        });
     let replay = Replay::of(&request);
     let mut request = Some(request);
     let mut failed: Vec<SocketAddr> = Vec::new();
@@ -63,6 +72,7 @@ pub async fn send_with_retries(
             timeouts: &pool.config.timeouts,
             upload: upload.clone(),
             replay: replay.as_ref(),
+            proxy_header: proxy_header.as_deref(),
         };
         match send(&server, attempt, sending).await {
             Ok((response, connection)) => {
@@ -154,6 +164,10 @@ struct Sending<'a> {
     upload: Option<watch::Receiver<u64>>,
     /// A copy to send again, if the request is idempotent and bodiless.
     replay: Option<&'a Replay>,
+    /// The PROXY header that starts every connection, when the pool sends
+    /// one. It names this client, so such connections are never shared
+    /// between clients: no idle connection is reused.
+    proxy_header: Option<&'a [u8]>,
 }
 
 /// Sends the request on an idle keep-alive connection to `server` if there is
@@ -167,7 +181,11 @@ async fn send(
     sending: Sending<'_>,
 ) -> Result<(Response<Incoming>, Connection), SendError> {
     let mut request = request;
-    if let Some(mut connection) = server.idle.take() {
+    let idle = match sending.proxy_header {
+        None => server.idle.take(),
+        Some(_) => None,
+    };
+    if let Some(mut connection) = idle {
         match send_on(&mut connection, request, &sending).await {
             Ok(response) => return Ok((response, connection)),
             Err(SendError {
@@ -180,7 +198,12 @@ async fn send(
             },
         }
     }
-    let mut connection = match connect_http(server.address, sending.timeouts.connect).await {
+    let connect = connect_http(
+        server.address,
+        sending.timeouts.connect,
+        sending.proxy_header,
+    );
+    let mut connection = match connect.await {
         Ok(connection) => connection,
         Err(e) => {
             return Err(SendError {
@@ -237,8 +260,10 @@ fn result_of(
 /// has been read to the end (hyper reports it ready then).
 pub fn return_when_idle(mut connection: Connection, server: Arc<Server>) {
     tokio::spawn(async move {
-        // A server drained, ejected or down meanwhile keeps no idle connection.
-        if connection.ready().await.is_ok() && server.is_serving() {
+        // A server drained, ejected or down meanwhile keeps no idle connection,
+        // nor does one whose connections start with a client's PROXY header.
+        let private = server.pool_config().send_proxy_protocol.is_some();
+        if connection.ready().await.is_ok() && server.is_serving() && !private {
             server.idle.put(connection);
         }
     });

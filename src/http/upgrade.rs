@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use http::Response;
 use hyper::body::Incoming;
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use super::body::{self, ResponseBody};
 use super::{ClientConnection, headers};
@@ -44,20 +45,43 @@ pub fn start_tunnel(
                 return;
             }
         };
-        let (Some(client_side), Some(server_side)) = (into_tcp(client_io), into_tcp(server_io))
-        else {
-            tracing::error!(%client, %server, "upgraded connection is not a TCP stream; closing it");
+        let Ok(server_side) = server_io.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!(%client, %server, "upgraded server connection is not a TCP stream; closing it");
             return;
         };
-        let report = tunnel::run(
-            client_side.0,
-            server_side.0,
-            client_side.1,
-            server_side.1,
-            idle_timeout,
-            drained,
-        )
-        .await;
+        let (server_stream, server_early) = (server_side.io.into_inner(), server_side.read_buf);
+        let report = match client_io.downcast::<TokioIo<TcpStream>>() {
+            Ok(plain) => {
+                let (stream, early) = (plain.io.into_inner(), plain.read_buf);
+                tunnel::run(
+                    stream,
+                    server_stream,
+                    early,
+                    server_early,
+                    idle_timeout,
+                    drained,
+                )
+                .await
+            }
+            Err(client_io) => match client_io.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+                Ok(tls) => {
+                    let (stream, early) = (tls.io.into_inner(), tls.read_buf);
+                    tunnel::run_generic(
+                        stream,
+                        server_stream,
+                        early,
+                        server_early,
+                        idle_timeout,
+                        drained,
+                    )
+                    .await
+                }
+                Err(_) => {
+                    tracing::error!(%client, %server, "upgraded client connection of an unknown kind; closing it");
+                    return;
+                }
+            },
+        };
         drop(guard);
         drop(connection);
         let level_is_error = matches!(report.end, TunnelEnd::Error(_));
@@ -69,11 +93,4 @@ pub fn start_tunnel(
     });
 
     Response::from_parts(parts, body::empty())
-}
-
-/// The TCP stream under an upgraded connection, with the bytes hyper had
-/// already read past the HTTP head.
-fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, bytes::Bytes)> {
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
-    Some((parts.io.into_inner(), parts.read_buf))
 }

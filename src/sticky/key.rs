@@ -13,10 +13,7 @@ use super::cookie;
 /// then balanced by the pool's algorithm).
 pub fn hash_of(key: &HashKey, headers: &HeaderMap, uri: &Uri, client_ip: IpAddr) -> Option<u64> {
     match key {
-        HashKey::SourceIp => Some(match client_ip.to_canonical() {
-            IpAddr::V4(v4) => stable_hash(&v4.octets()),
-            IpAddr::V6(v6) => stable_hash(&v6.octets()),
-        }),
+        HashKey::SourceIp => Some(source_ip_hash(client_ip)),
         HashKey::Header(name) => {
             let value = headers.get(name.as_str())?;
             Some(stable_hash(value.as_bytes()))
@@ -24,6 +21,15 @@ pub fn hash_of(key: &HashKey, headers: &HeaderMap, uri: &Uri, client_ip: IpAddr)
         HashKey::Query(name) => query_param(uri.query()?, name).map(|v| stable_hash(v.as_bytes())),
         HashKey::Cookie(name) => cookie::find(headers, name).map(|v| stable_hash(v.as_bytes())),
         HashKey::Path(depth) => path_prefix(uri.path(), *depth).map(|p| stable_hash(p.as_bytes())),
+    }
+}
+
+/// The hash of a client address (IPv4-mapped IPv6 as IPv4), the same for
+/// HTTP and TCP pools.
+pub fn source_ip_hash(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => stable_hash(&v4.octets()),
+        IpAddr::V6(v6) => stable_hash(&v6.octets()),
     }
 }
 

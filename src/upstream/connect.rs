@@ -32,11 +32,13 @@ pub enum ConnectError {
     Handshake(#[source] hyper::Error),
 }
 
-/// Connects to `address` within `timeout` and starts the HTTP/1.1 client
-/// connection task (with upgrades enabled, so a 101 can become a tunnel).
+/// Connects to `address` within `timeout`, sends `proxy_header` first if
+/// given, and starts the HTTP/1.1 client connection task (with upgrades
+/// enabled, so a 101 can become a tunnel).
 pub async fn connect_http(
     address: SocketAddr,
     timeout: Duration,
+    proxy_header: Option<&[u8]>,
 ) -> Result<Connection, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Err(_) => return Err(ConnectError::Timeout(timeout)),
@@ -48,6 +50,10 @@ pub async fn connect_http(
     };
     // Small writes (websocket frames, request heads) must not wait for Nagle.
     stream.set_nodelay(true)?;
+    let mut stream = stream;
+    if let Some(header) = proxy_header {
+        tokio::io::AsyncWriteExt::write_all(&mut stream, header).await?;
+    }
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

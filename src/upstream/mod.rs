@@ -58,6 +58,11 @@ impl Server {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// The config of the pool this server belongs to.
+    pub fn pool_config(&self) -> &PoolConfig {
+        &self.config
+    }
+
     /// A copy of the server's state.
     pub fn state(&self) -> ServerState {
         self.lock().clone()

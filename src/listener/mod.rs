@@ -1,6 +1,12 @@
 //! Listener: accepts client connections on one bound port and hands each to
-//! [`crate::http::serve`]. Caps the open connections: at the limit it stops
-//! accepting (the kernel's backlog holds newcomers) rather than failing them.
+//! [`connection::handle`], which reads a PROXY header, sniffs the protocol
+//! and passes the connection on (TLS, HTTP, Flash policy, TCP pool). Caps
+//! the open connections: at the limit it stops accepting (the kernel's
+//! backlog holds newcomers) rather than failing them.
+
+mod client_hello;
+mod connection;
+pub mod sniff;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +14,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::http::{self, ClientConnection};
 use crate::runtime::Shared;
 
 /// Accepts until `shutdown` turns true.
@@ -53,13 +58,13 @@ pub async fn accept_loop(
         let Ok(local) = stream.local_addr() else {
             continue;
         };
-        let client = ClientConnection {
+        let accepted = connection::Accepted {
+            stream,
             peer,
             local,
             listener: index,
-            proto: "http",
-            slot: Some(permit),
+            slot: permit,
         };
-        tokio::spawn(http::serve(stream, client, shared.clone()));
+        tokio::spawn(connection::handle(accepted, shared.clone()));
     }
 }

@@ -1,0 +1,225 @@
+//! One accepted connection, from its first byte to the stage that serves it:
+//! PROXY header (trusted peers only), then sniffing, then TLS termination or
+//! passthrough, HTTP, a Flash policy answer, or the listener's TCP pool.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use super::client_hello;
+use super::sniff::{self, Protocol, peek_more};
+use crate::config::{ListenerConfig, Plaintext};
+use crate::http::{self, ClientConnection};
+use crate::proxy_protocol::{self, ProxyHeader};
+use crate::runtime::{Shared, Snapshot};
+use crate::tcp::{self, TcpClient};
+
+/// A connection as accepted, before anything was read from it.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub listener: usize,
+    /// Its place under the listener's `max_connections`.
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// Serves one connection until it ends.
+pub async fn handle(accepted: Accepted, shared: Arc<Shared>) {
+    let snapshot = shared.snapshot();
+    let config = &snapshot.config.listeners[accepted.listener];
+    let Accepted {
+        mut stream,
+        peer,
+        local,
+        listener,
+        slot,
+    } = accepted;
+    let deadline = Instant::now() + config.timeouts.first_bytes;
+
+    let (peer, local) = match client_addresses(&mut stream, peer, local, config).await {
+        Ok(addresses) => addresses,
+        Err(reason) => {
+            tracing::info!(listener = %config.name, %peer, "connection refused: {reason}");
+            return;
+        }
+    };
+    let wait = config
+        .timeouts
+        .server_first
+        .unwrap_or(config.timeouts.first_bytes);
+    let protocol = match sniff::sniff(&stream, wait).await {
+        Ok(protocol) => protocol,
+        Err(e) => {
+            tracing::debug!(listener = %config.name, %peer, error = %e, "connection failed before its first bytes");
+            return;
+        }
+    };
+    let from = TcpClient { peer, local };
+    let client = |proto| ClientConnection {
+        peer,
+        local,
+        listener,
+        proto,
+        slot: Some(slot),
+    };
+    match protocol {
+        Protocol::Http => match config.tls.as_ref().map(|tls| tls.plaintext) {
+            None | Some(Plaintext::Serve) => {
+                http::serve(stream, client("http"), shared.clone()).await
+            }
+            Some(answer) => {
+                http::serve_plaintext_answer(stream, answer, config.timeouts.request_header).await
+            }
+        },
+        Protocol::Tls => {
+            tls(
+                stream,
+                from,
+                deadline,
+                config,
+                &snapshot,
+                client("https"),
+                &shared,
+            )
+            .await
+        }
+        Protocol::FlashPolicy if config.flash_policy.is_some() => {
+            let policy = config.flash_policy.as_deref().unwrap_or_default();
+            answer_flash_policy(stream, policy).await;
+        }
+        Protocol::Silent if config.timeouts.server_first.is_some() => {
+            // Maybe a protocol where the server speaks first; else nothing
+            // may come at all within `first_bytes`, which the TCP tunnel's
+            // idle timeout then handles.
+            to_tcp_pool(stream, from, config, &snapshot).await;
+        }
+        Protocol::FlashPolicy | Protocol::Other => {
+            to_tcp_pool(stream, from, config, &snapshot).await
+        }
+        Protocol::Silent | Protocol::Closed => {
+            tracing::debug!(listener = %config.name, %peer, ?protocol, "connection closed: nothing sent");
+        }
+    }
+}
+
+/// The client's address and the address it connected to: from a PROXY header
+/// if the peer is trusted and sent one, else the socket's own. A PROXY header
+/// from anyone else is refused: it would let a client forge its address.
+async fn client_addresses(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    config: &ListenerConfig,
+) -> Result<(SocketAddr, SocketAddr), String> {
+    let trusted = config
+        .proxy_protocol
+        .iter()
+        .any(|net| net.contains(&peer.ip().to_canonical()));
+    let mut first = [0u8; 12];
+    let deadline = Instant::now() + config.timeouts.first_bytes;
+    // Enough bytes to tell a PROXY header apart ("PROXY " or the v2 signature).
+    let mut seen = 0;
+    while seen < 6 {
+        match peek_more(stream, &mut first, seen, deadline).await {
+            Ok(Some(n)) if n > 0 => seen = n,
+            Ok(_) => return Ok((peer, local)),
+            Err(e) => return Err(e.to_string()),
+        }
+        if !proxy_protocol::looks_like_proxy(&first[..seen]) {
+            return Ok((peer, local));
+        }
+    }
+    if !proxy_protocol::looks_like_proxy(&first[..seen]) {
+        return Ok((peer, local));
+    }
+    if !trusted {
+        return Err("PROXY header from a peer not in `proxy_protocol`".to_owned());
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match proxy_protocol::read_header(stream, remaining).await {
+        Ok(ProxyHeader::Proxied {
+            source,
+            destination,
+        }) => Ok((source, destination)),
+        Ok(ProxyHeader::Local) => Ok((peer, local)),
+        Err(e) => Err(format!("bad PROXY header: {e}")),
+    }
+}
+
+/// A TLS ClientHello: passed through to a TCP pool if a route names its SNI,
+/// else terminated and served as HTTPS, else handed to the TCP pool.
+async fn tls(
+    stream: TcpStream,
+    from: TcpClient,
+    deadline: Instant,
+    config: &ListenerConfig,
+    snapshot: &Snapshot,
+    client: ClientConnection,
+    shared: &Arc<Shared>,
+) {
+    if crate::route::has_sni_routes(&config.routes) {
+        let name = client_hello::peek_server_name(&stream, deadline)
+            .await
+            .ok()
+            .flatten();
+        if let Some(route) = name
+            .as_deref()
+            .and_then(|name| crate::route::find_sni(&config.routes, name))
+            && let Some(pool) = snapshot.pool(&route.pool)
+        {
+            tcp::forward(stream, from, pool.clone(), &config.name).await;
+            return;
+        }
+    }
+    let Some(terminator) = snapshot.tls(client.listener) else {
+        to_tcp_pool(stream, from, config, snapshot).await;
+        return;
+    };
+    let handshake = tokio::time::timeout_at(deadline, terminator.accept(stream)).await;
+    match handshake {
+        Ok(Ok(tls)) => http::serve(tls, client, shared.clone()).await,
+        Ok(Err(e)) => {
+            tracing::info!(listener = %config.name, peer = %from.peer, error = %e, "TLS handshake failed")
+        }
+        Err(_) => {
+            tracing::info!(listener = %config.name, peer = %from.peer, "TLS handshake timed out")
+        }
+    }
+}
+
+async fn to_tcp_pool(
+    stream: TcpStream,
+    from: TcpClient,
+    config: &ListenerConfig,
+    snapshot: &Snapshot,
+) {
+    match config
+        .tcp_pool
+        .as_deref()
+        .and_then(|name| snapshot.pool(name))
+    {
+        Some(pool) => tcp::forward(stream, from, pool.clone(), &config.name).await,
+        None => {
+            tracing::info!(listener = %config.name, peer = %from.peer, "connection closed: not HTTP or TLS, and no `tcp_pool`")
+        }
+    }
+}
+
+/// Answers a Flash socket's policy request with the policy and a NUL, then closes.
+async fn answer_flash_policy(mut stream: TcpStream, policy: &[u8]) {
+    let mut request = [0u8; sniff::FLASH_POLICY_REQUEST.len()];
+    if tokio::io::AsyncReadExt::read_exact(&mut stream, &mut request)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = stream.write_all(policy).await;
+    let _ = stream.write_all(b"\0").await;
+    let _ = stream.shutdown().await;
+}
