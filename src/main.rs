@@ -35,9 +35,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Check { config } => match wharf::config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
+        Command::Check { config: path } => match wharf::config::load(&path) {
+            Ok(config) => {
+                // Certificates parse, and each key matches its certificate.
+                let mut ok = true;
+                for listener in &config.listeners {
+                    let Some(tls) = &listener.tls else { continue };
+                    let files: Vec<_> = tls
+                        .certificates
+                        .iter()
+                        .map(|c| wharf::tls::CertificateFiles::new(&c.cert, &c.key))
+                        .collect();
+                    if let Err(e) = wharf::tls::TlsTerminator::load(&files) {
+                        eprintln!("{}: listener `{}`: {e}", path.display(), listener.name);
+                        ok = false;
+                    }
+                }
+                if !ok {
+                    return ExitCode::FAILURE;
+                }
+                println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -578,41 +578,133 @@ fn an_empty_file_has_no_listener() {
     );
 }
 
+/// The config contract of DESIGN.md, whole, is accepted (with its files present).
 #[test]
-fn contract_keys_not_implemented_yet_are_errors_not_ignored() {
-    let errors = errors(
-        r#"[admin]
+fn the_whole_design_contract_parses() {
+    let dir = std::env::temp_dir().join(format!("wharf-contract-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    for file in ["certs/app.pem", "certs/app.key", "crossdomain.xml"] {
+        std::fs::write(dir.join(file), "x").unwrap();
+    }
+    let text = r#"
+[admin]
 bind = "127.0.0.1:9090"
 
 [[listener]]
 name = "public"
 bind = "0.0.0.0:8443"
 proxy_protocol = ["10.0.0.0/8"]
+tcp_pool = "legacy"
+flash_policy = "crossdomain.xml"
 
 [listener.tls]
-certificates = []
+certificates = [ { cert = "certs/app.pem", key = "certs/app.key" } ]
+plaintext = "serve"
 
 [[listener.route]]
+host = "app.example.com"
+path_prefix = "/socket.io/"
 pool = "realtime"
+upgrades = ["websocket"]
+
+[[listener.route]]
+pool = "web"
 
 [pool.realtime]
-servers = ["127.0.0.1:3001"]
-balance = "hash:source_ip"
+servers = ["127.0.0.1:3001", "127.0.0.1:3002", { address = "127.0.0.1:3003", weight = 2 }]
+balance = "least_conn"
 sticky = { cookie = "wharf" }
-timeouts = { connect = "3s", queue = "5s" }
+health = { path = "/health", interval = "1s", timeout = "500ms", rise = 2, fall = 3 }
+timeouts = { connect = "3s", response = "60s", tunnel_idle = "1h", queue = "5s" }
+max_connections = 2000
+drain_timeout = "5m"
+send_proxy_protocol = "v2"
+
+[pool.web]
+servers = ["127.0.0.1:4000"]
 
 [pool.legacy]
 mode = "tcp"
 servers = ["127.0.0.1:4000"]
+"#;
+    let file = dir.join("wharf.toml");
+    let config = wharf::config::parse_str(&file.display().to_string(), text);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let config = config.unwrap_or_else(|e| panic!("{e}"));
+    let public = &config.listeners[0];
+    assert_eq!(public.tcp_pool.as_deref(), Some("legacy"));
+    assert_eq!(public.flash_policy.as_deref(), Some(&b"x"[..]));
+    assert_eq!(public.proxy_protocol.len(), 1);
+    let tls = public.tls.as_ref().expect("tls");
+    assert_eq!(tls.certificates[0].cert, dir.join("certs/app.pem"));
+    assert_eq!(
+        config.pool("legacy").unwrap().mode,
+        wharf::config::PoolMode::Tcp
+    );
+}
+
+#[test]
+fn issue_3_keys_are_checked() {
+    let errors = errors(
+        r#"[[listener]]
+name = "a"
+bind = "127.0.0.1:0"
+proxy_protocol = ["10.0.0.0/33"]
+tcp_pool = "web"
+[listener.tls]
+certificates = [{ cert = "missing.pem", key = "missing.key" }]
+plaintext = "maybe"
+[[listener.route]]
+pool = "raw"
+[[listener.route]]
+sni = "db.example.com"
+pool = "web"
+[pool.web]
+servers = ["127.0.0.1:4000"]
+[pool.raw]
+mode = "tcp"
+servers = ["127.0.0.1:4001"]
+[pool.other]
+servers = ["127.0.0.1:4002"]
+send_proxy_protocol = "v3"
 "#,
     );
-    assert_eq!(
-        errors,
-        [
-            "wharf.toml:7:1: `proxy_protocol` is not supported by this version of wharf yet",
-            "wharf.toml:9:11: `tls` is not supported by this version of wharf yet",
-            "wharf.toml:22:8: `mode = \"tcp\"` is not supported by this version of wharf yet",
-        ]
+    assert_eq!(errors.len(), 8, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("wharf.toml:4:19: `proxy_protocol` entries must be CIDRs"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[1].contains("`tcp_pool` must name a pool with `mode = \"tcp\"`"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("the certificate file missing.pem does not exist")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("`plaintext` must be")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("route sends HTTP to pool `raw`, which is a TCP pool")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("a route with `sni` needs a pool with `mode = \"tcp\"`")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("`send_proxy_protocol` must be")),
+        "{errors:#?}"
     );
 }
 

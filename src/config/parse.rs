@@ -58,18 +58,24 @@ fn read_config(mut root: Table<'_>) -> Read<Config> {
         .as_ref()
         .ok()
         .map(|pools| pools.iter().map(|(name, _)| name.value).collect());
-    let pools = pool_tables.and_then(|pools| {
-        all(pools
+    // Each pool reports its own mistakes; the modes of those that parsed let
+    // routes be checked against them.
+    let each_pool: Read<Vec<Read<PoolConfig>>> = pool_tables.map(|pools| {
+        pools
             .into_iter()
-            .map(|(name, table)| read_pool(name, table)))
+            .map(|(name, table)| read_pool(name, table))
+            .collect()
     });
     let known = defined.map(|names| KnownPools {
         names,
-        modes: pools
-            .as_ref()
-            .map(|pools| pools.iter().map(|p| (p.name.clone(), p.mode)).collect())
-            .unwrap_or_default(),
+        modes: each_pool
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|p| (p.name.clone(), p.mode))
+            .collect(),
     });
+    let pools = each_pool.and_then(|pools| all(pools.into_iter()));
     let listeners = read_listeners(&mut root, known.as_ref());
     root.finish();
     Ok(Config {
