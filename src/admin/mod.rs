@@ -90,8 +90,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
+use crate::listener::Acceptor;
 use crate::runtime::Shared;
 
 /// No endpoint takes a body; anything longer than this is refused.
@@ -104,32 +105,8 @@ const MAX_CONNECTIONS: usize = 64;
 /// Serves the admin API on `socket` until `shutdown` turns true (or its
 /// sender is dropped). Connections still open then are closed.
 pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        if *shutdown.borrow_and_update() {
-            return;
-        }
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit,
-            _ = shutdown.changed() => return,
-        };
-        let Ok(permit) = permit else { return };
-        let accepted = tokio::select! {
-            accepted = socket.accept() => accepted,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Usually out of file descriptors: wait for some to close.
-                tracing::warn!(error = %e, "admin accept failed; backing off {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(5);
+    let mut acceptor = Acceptor::new(socket, MAX_CONNECTIONS, "admin".to_owned());
+    while let Some((stream, peer, permit)) = acceptor.next(&mut shutdown).await {
         let shared = shared.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {

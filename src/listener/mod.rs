@@ -4,15 +4,17 @@
 //! the open connections: at the limit it stops accepting (the kernel's
 //! backlog holds newcomers) rather than failing them.
 
+mod accept;
 mod client_hello;
 mod connection;
 pub mod sniff;
 
+pub use accept::Acceptor;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::runtime::Shared;
 
@@ -28,33 +30,8 @@ pub async fn accept_loop(
         let config = &snapshot.config.listeners[index];
         (config.name.clone(), config.max_connections)
     };
-    let limit = Arc::new(Semaphore::new(max_connections));
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        if limit.available_permits() == 0 {
-            tracing::warn!(listener = %name, max_connections, "connection limit reached; not accepting");
-        }
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit,
-            _ = shutdown.changed() => return,
-        };
-        let Ok(permit) = permit else { return };
-        let accepted = tokio::select! {
-            accepted = socket.accept() => accepted,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Usually out of file descriptors: wait for some to close.
-                tracing::warn!(listener = %name, error = %e, "accept failed; backing off {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(5);
-        let _ = stream.set_nodelay(true);
+    let mut acceptor = Acceptor::new(socket, max_connections, format!("listener {name}"));
+    while let Some((stream, peer, slot)) = acceptor.next(&mut shutdown).await {
         let Ok(local) = stream.local_addr() else {
             continue;
         };
@@ -63,7 +40,7 @@ pub async fn accept_loop(
             peer,
             local,
             listener: index,
-            slot: permit,
+            slot,
         };
         tokio::spawn(connection::handle(accepted, shared.clone()));
     }
