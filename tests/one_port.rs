@@ -722,6 +722,48 @@ async fn raw_tcp_bytes_reach_the_tcp_pool_and_come_back() {
     assert_eq!(echo.accepted.load(Ordering::SeqCst), 2);
 }
 
+/// Line protocols whose client speaks first with `VERB argument` (SMTP's
+/// `EHLO`, POP3's and FTP's `USER`, IRC's `NICK`) are not HTTP: no request
+/// target, no `HTTP/1.x`, and not an HTTP method. They belong to the TCP pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_protocol_with_an_uppercase_verb_reaches_the_tcp_pool() {
+    let echo = TcpServer::start(TcpBehaviour::Echo).await;
+    let web = Backend::normal("web").await;
+    let running = wharf_plain(&tcp_pool_config(&[echo.addr], web.addr, "")).await;
+    let addr = public(&running);
+
+    for line in [
+        &b"USER alice\r\n"[..],
+        b"EHLO client.test\r\n",
+        b"NICK wharf\r\n",
+    ] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(line).await.unwrap();
+        let mut back = vec![0u8; line.len()];
+        let read = tokio::time::timeout(WAIT, stream.read_exact(&mut back)).await;
+        assert!(
+            matches!(read, Ok(Ok(_))) && back == line,
+            "{:?} did not come back from the TCP pool; wharf answered {:?}",
+            String::from_utf8_lossy(line),
+            String::from_utf8_lossy(&back)
+        );
+    }
+    assert_eq!(web.requests(), 0);
+}
+
+/// The sniffer knows HTTP methods up to the longest registered one,
+/// `BASELINE-CONTROL` (RFC 3253, 16 characters), followed by its space.
+#[test]
+fn the_longest_registered_http_method_is_sniffed_as_http() {
+    use wharf::listener::sniff::{Protocol, classify};
+    assert_eq!(classify(b"VERSION-CONTROL /x HTTP/1.1\r\n"), Some(Protocol::Http));
+    assert_eq!(
+        classify(b"BASELINE-CONTROL /x HTTP/1.1\r\n"),
+        Some(Protocol::Http),
+        "a 16-character method followed by a space"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_tcp_bytes_on_a_tls_port_reach_the_tcp_pool() {
     let dir = TempDir::new("tcp-on-tls");

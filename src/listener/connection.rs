@@ -98,8 +98,13 @@ pub async fn handle(accepted: Accepted, shared: Arc<Shared>) {
             // idle timeout then handles.
             to_tcp_pool(stream, from, config, &snapshot).await;
         }
+        Protocol::FlashPolicy | Protocol::Other if config.tcp_pool.is_some() => {
+            to_tcp_pool(stream, from, config, &snapshot).await;
+        }
+        // Without a TCP pool, let hyper answer what is probably broken HTTP:
+        // 400 and close, rather than silence.
         Protocol::FlashPolicy | Protocol::Other => {
-            to_tcp_pool(stream, from, config, &snapshot).await
+            http::serve(stream, client("http"), shared.clone()).await;
         }
         Protocol::Silent | Protocol::Closed => {
             tracing::debug!(listener = %config.name, %peer, ?protocol, "connection closed: nothing sent");
