@@ -353,9 +353,7 @@ async fn round_trip<S>(stream: &mut S, msg: &[u8]) -> Vec<u8>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    within("write", stream.write_all(msg))
-        .await
-        .expect("write");
+    within("write", stream.write_all(msg)).await.expect("write");
     within("flush", stream.flush()).await.expect("flush");
     let mut back = vec![0u8; msg.len()];
     within("echo", stream.read_exact(&mut back))
@@ -415,15 +413,27 @@ async fn sni_picks_the_certificate_and_no_sni_gets_the_first() {
 
     for round in 0..2 {
         let tls = tls_connect(addr, Some("a.test")).await;
-        assert!(presented(&tls) == a, "round {round}: a.test got another certificate");
+        assert!(
+            presented(&tls) == a,
+            "round {round}: a.test got another certificate"
+        );
         let tls = tls_connect(addr, Some("b.test")).await;
-        assert!(presented(&tls) == b, "round {round}: b.test got another certificate");
+        assert!(
+            presented(&tls) == b,
+            "round {round}: b.test got another certificate"
+        );
         let tls = tls_connect(addr, Some("B.TEST")).await;
-        assert!(presented(&tls) == b, "round {round}: SNI is case-insensitive");
+        assert!(
+            presented(&tls) == b,
+            "round {round}: SNI is case-insensitive"
+        );
         let tls = tls_connect(addr, None).await;
         assert!(presented(&tls) == a, "round {round}: no SNI gets the first");
         let tls = tls_connect(addr, Some("unknown.test")).await;
-        assert!(presented(&tls) == a, "round {round}: an unknown name gets the first");
+        assert!(
+            presented(&tls) == a,
+            "round {round}: an unknown name gets the first"
+        );
     }
     // Whichever certificate was chosen, the connection serves HTTPS.
     let mut client = HttpsClient::over(tls_connect(addr, Some("b.test")).await).await;
@@ -756,7 +766,10 @@ async fn a_line_protocol_with_an_uppercase_verb_reaches_the_tcp_pool() {
 #[test]
 fn the_longest_registered_http_method_is_sniffed_as_http() {
     use wharf::listener::sniff::{Protocol, classify};
-    assert_eq!(classify(b"VERSION-CONTROL /x HTTP/1.1\r\n"), Some(Protocol::Http));
+    assert_eq!(
+        classify(b"VERSION-CONTROL /x HTTP/1.1\r\n"),
+        Some(Protocol::Http)
+    );
     assert_eq!(
         classify(b"BASELINE-CONTROL /x HTTP/1.1\r\n"),
         Some(Protocol::Http),
@@ -770,7 +783,10 @@ async fn raw_tcp_bytes_on_a_tls_port_reach_the_tcp_pool() {
     let a = dir.cert("a", &["a.test"]);
     let echo = TcpServer::start(TcpBehaviour::Echo).await;
     let web = Backend::normal("web").await;
-    let rest = format!("[pool.legacy]\nmode = \"tcp\"\nservers = [\"{}\"]\n", echo.addr);
+    let rest = format!(
+        "[pool.legacy]\nmode = \"tcp\"\nservers = [\"{}\"]\n",
+        echo.addr
+    );
     let config = tls_config(&["a"], "tcp_pool = \"legacy\"", "", web.addr, &rest);
     let running = start_in(&dir, &config).await;
     let addr = public(&running);
@@ -822,7 +838,10 @@ async fn server_speaks_first_after_server_first_delay() {
         "the banner came {elapsed:?} after connecting; server_first is 200ms"
     );
     // The tunnel then carries bytes both ways.
-    assert_eq!(round_trip(&mut stream, b"EHLO me\r\n").await, b"EHLO me\r\n");
+    assert_eq!(
+        round_trip(&mut stream, b"EHLO me\r\n").await,
+        b"EHLO me\r\n"
+    );
 
     // A client that does speak first within server_first is sniffed as usual.
     let reply = support::get(addr, "app.test", "/").await;

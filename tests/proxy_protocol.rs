@@ -205,7 +205,11 @@ fn parse_with_ppp(bytes: &[u8]) -> Result<Parsed, String> {
     match HeaderResult::parse(bytes) {
         HeaderResult::V1(Ok(header)) => {
             if header.header.len() != bytes.len() {
-                return Err(format!("v1 header is {} of {} bytes", header.header.len(), bytes.len()));
+                return Err(format!(
+                    "v1 header is {} of {} bytes",
+                    header.header.len(),
+                    bytes.len()
+                ));
             }
             match header.addresses {
                 ppp::v1::Addresses::Tcp4(a) => Ok(Parsed {
@@ -223,7 +227,11 @@ fn parse_with_ppp(bytes: &[u8]) -> Result<Parsed, String> {
         }
         HeaderResult::V2(Ok(header)) => {
             if header.len() != bytes.len() {
-                return Err(format!("v2 header is {} of {} bytes", header.len(), bytes.len()));
+                return Err(format!(
+                    "v2 header is {} of {} bytes",
+                    header.len(),
+                    bytes.len()
+                ));
             }
             if header.command != ppp::v2::Command::Proxy {
                 return Err(format!("v2 command {:?}", header.command));
@@ -304,9 +312,9 @@ impl ProxyServer {
                             let service = service_fn(move |request: http::Request<_>| {
                                 seen.lock().unwrap().push(request.headers().clone());
                                 async move {
-                                    let body = http_body_util::Full::new(bytes::Bytes::from_static(
-                                        b"proxied",
-                                    ));
+                                    let body = http_body_util::Full::new(
+                                        bytes::Bytes::from_static(b"proxied"),
+                                    );
                                     Ok::<_, std::convert::Infallible>(Response::new(body))
                                 }
                             });
@@ -427,7 +435,12 @@ async fn a_header_from_an_untrusted_peer_is_refused() {
     let addr = public(&running);
 
     let req = request("app.test", "/forged");
-    refused(addr, &with(&v1("203.0.113.7:40000", "198.51.100.1:443"), &req), "v1").await;
+    refused(
+        addr,
+        &with(&v1("203.0.113.7:40000", "198.51.100.1:443"), &req),
+        "v1",
+    )
+    .await;
     let v2 = v2_tcp4([203, 0, 113, 7], 40000, [198, 51, 100, 1], 443);
     refused(addr, &with(&v2, &req), "v2").await;
     refused(addr, &with(b"PROXY UNKNOWN\r\n", &req), "v1 UNKNOWN").await;
@@ -443,7 +456,12 @@ async fn a_header_on_a_listener_without_proxy_protocol_is_refused() {
     let addr = public(&running);
 
     let req = request("app.test", "/forged");
-    refused(addr, &with(&v1("203.0.113.7:40000", "198.51.100.1:443"), &req), "v1").await;
+    refused(
+        addr,
+        &with(&v1("203.0.113.7:40000", "198.51.100.1:443"), &req),
+        "v1",
+    )
+    .await;
     let v2 = v2_tcp4([203, 0, 113, 7], 40000, [198, 51, 100, 1], 443);
     refused(addr, &with(&v2, &req), "v2").await;
     assert_eq!(web.requests(), 0, "the backend saw nothing");
@@ -458,11 +476,23 @@ async fn malformed_truncated_and_oversized_headers_close_only_their_connection()
     let req = request("app.test", "/x");
 
     let malformed: Vec<(&str, Vec<u8>)> = vec![
-        ("bad v1 protocol", with(b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", &req)),
-        ("bad v1 port", with(b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 2\r\n", &req)),
-        ("v1 LF only", with(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", &req)),
+        (
+            "bad v1 protocol",
+            with(b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", &req),
+        ),
+        (
+            "bad v1 port",
+            with(b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 2\r\n", &req),
+        ),
+        (
+            "v1 LF only",
+            with(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", &req),
+        ),
         ("v1 garbage", with(b"PROXY \xff\xfe\xfd garbage\r\n", &req)),
-        ("v1 family mismatch", with(b"PROXY TCP4 ::1 5.6.7.8 1 2\r\n", &req)),
+        (
+            "v1 family mismatch",
+            with(b"PROXY TCP4 ::1 5.6.7.8 1 2\r\n", &req),
+        ),
         (
             "v1 too long",
             with(&[b"PROXY UNKNOWN ".as_slice(), &[b'x'; 200]].concat(), &req),
@@ -499,8 +529,14 @@ async fn malformed_truncated_and_oversized_headers_close_only_their_connection()
 
     // Truncated: part of a header, then the client closes its side.
     let truncated: Vec<(&str, Vec<u8>)> = vec![
-        ("v1 cut", b"PROXY TCP4 203.0.113.7 198.51.100.1 400".to_vec()),
-        ("v1 without CRLF", b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 443".to_vec()),
+        (
+            "v1 cut",
+            b"PROXY TCP4 203.0.113.7 198.51.100.1 400".to_vec(),
+        ),
+        (
+            "v1 without CRLF",
+            b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 443".to_vec(),
+        ),
         (
             "v2 cut in the addresses",
             v2_tcp4([203, 0, 113, 7], 40000, [198, 51, 100, 1], 443)[..20].to_vec(),
@@ -515,10 +551,16 @@ async fn malformed_truncated_and_oversized_headers_close_only_their_connection()
         let mut answer = Vec::new();
         let read = within_secs(5, what, stream.read_to_end(&mut answer)).await;
         assert!(
-            read.is_ok() || read.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
+            read.is_ok()
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
             "{what}: {read:?}"
         );
-        assert!(answer.is_empty(), "{what}: no answer expected, got {answer:?}");
+        assert!(
+            answer.is_empty(),
+            "{what}: no answer expected, got {answer:?}"
+        );
         still_serves(addr, &web).await;
     }
     assert_eq!(web.requests(), malformed.len() + 1 + truncated.len());
@@ -642,9 +684,12 @@ async fn a_header_then_tls_on_the_same_connection() {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(&header).await.unwrap();
         let name = ServerName::try_from("app.test".to_owned()).unwrap();
-        let tls = within("TLS handshake after the PROXY header", connector.connect(name, tcp))
-            .await
-            .expect("the TLS handshake succeeds after a PROXY header");
+        let tls = within(
+            "TLS handshake after the PROXY header",
+            connector.connect(name, tcp),
+        )
+        .await
+        .expect("the TLS handshake succeeds after a PROXY header");
         let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
         let expected = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
         assert!(presented == expected, "wharf's certificate");
@@ -689,7 +734,10 @@ async fn hash_source_ip_uses_the_address_from_the_header() {
         let mut first = None;
         for round in 0..3 {
             // A new connection (and source port) each time.
-            let header = v1(&client.replace("40000", &(40000 + round).to_string()), "198.51.100.1:443");
+            let header = v1(
+                &client.replace("40000", &(40000 + round).to_string()),
+                "198.51.100.1:443",
+            );
             let response = raw_request(addr, &with(&header, &request("app.test", "/h"))).await;
             assert_eq!(response.status, 200);
             let backend = response.header("x-backend").unwrap().to_owned();
@@ -732,9 +780,12 @@ async fn http_pool_sends(version: &str) {
     }));
     for i in 0..2 {
         within("ready", sender.ready()).await.unwrap();
-        let response = within("response", sender.send_request(get_request("app.test", "/p")))
-            .await
-            .unwrap();
+        let response = within(
+            "response",
+            sender.send_request(get_request("app.test", "/p")),
+        )
+        .await
+        .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"proxied");
@@ -867,7 +918,10 @@ async fn tcp_pool_passes_on_a_received_header() {
 
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let header = v2_tcp4([203, 0, 113, 7], 40000, [198, 51, 100, 1], 4000);
-    stream.write_all(&with(&header, b"\x00\x01raw")).await.unwrap();
+    stream
+        .write_all(&with(&header, b"\x00\x01raw"))
+        .await
+        .unwrap();
     let mut back = [0u8; 5];
     within("echo", stream.read_exact(&mut back)).await.unwrap();
     assert_eq!(&back, b"\x00\x01raw");

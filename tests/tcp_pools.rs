@@ -187,7 +187,10 @@ async fn round_robin_puts_each_connection_on_the_next_server() {
         let before = (a.accepted(), b.accepted());
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let msg = format!("conn-{i}\n");
-        assert_eq!(round_trip(&mut stream, msg.as_bytes()).await, msg.as_bytes());
+        assert_eq!(
+            round_trip(&mut stream, msg.as_bytes()).await,
+            msg.as_bytes()
+        );
         let after = (a.accepted(), b.accepted());
         landed.push(match (after.0 - before.0, after.1 - before.1) {
             (1, 0) => 'a',
@@ -213,7 +216,10 @@ async fn connections_open_at_once_are_spread_too() {
     for i in 0..4 {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let msg = format!("open-{i}\n");
-        assert_eq!(round_trip(&mut stream, msg.as_bytes()).await, msg.as_bytes());
+        assert_eq!(
+            round_trip(&mut stream, msg.as_bytes()).await,
+            msg.as_bytes()
+        );
         streams.push(stream);
     }
     assert_eq!((a.accepted(), b.accepted()), (2, 2));
@@ -255,7 +261,9 @@ async fn every_server_dead_closes_the_client() {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(b"ANYONE?\n").await.unwrap();
     assert!(
-        closed_after(&mut stream, Duration::from_secs(10)).await.is_some(),
+        closed_after(&mut stream, Duration::from_secs(10))
+            .await
+            .is_some(),
         "the client is closed when no server can be reached"
     );
     // wharf still serves HTTP.
@@ -277,7 +285,10 @@ async fn an_idle_tunnel_is_closed_after_tunnel_idle() {
     for i in 0..6 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let msg = format!("tick-{i}\n");
-        assert_eq!(round_trip(&mut stream, msg.as_bytes()).await, msg.as_bytes());
+        assert_eq!(
+            round_trip(&mut stream, msg.as_bytes()).await,
+            msg.as_bytes()
+        );
     }
     // Then idle.
     let closed = closed_after(&mut stream, Duration::from_secs(5)).await;
@@ -306,13 +317,18 @@ async fn half_close_from_the_client_still_carries_the_answer() {
 
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let data: Vec<u8> = (0..=255u8).cycle().take(200_000).collect();
-    within("write", stream.write_all(b"\x00DATA")).await.unwrap();
+    within("write", stream.write_all(b"\x00DATA"))
+        .await
+        .unwrap();
     within("write", stream.write_all(&data)).await.unwrap();
     stream.shutdown().await.unwrap();
     let mut answer = Vec::new();
-    within("the answer, then the close", stream.read_to_end(&mut answer))
-        .await
-        .expect("the answer");
+    within(
+        "the answer, then the close",
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the answer");
     assert_eq!(
         String::from_utf8_lossy(&answer),
         format!("got {} bytes", data.len() + 5)
@@ -327,17 +343,25 @@ async fn half_close_from_the_server_still_carries_the_client_bytes() {
 
     let mut stream = TcpStream::connect(addr).await.unwrap();
     // Client first (sniffing needs a byte), then the server's bye and EOF.
-    within("write", stream.write_all(b"\x01HELLO")).await.unwrap();
-    let mut bye = Vec::new();
-    within("bye, then the server's half-close", stream.read_to_end(&mut bye))
+    within("write", stream.write_all(b"\x01HELLO"))
         .await
-        .expect("bye");
+        .unwrap();
+    let mut bye = Vec::new();
+    within(
+        "bye, then the server's half-close",
+        stream.read_to_end(&mut bye),
+    )
+    .await
+    .expect("bye");
     assert_eq!(bye, b"bye");
     // The client can still send; the server gets it all.
     let more = vec![7u8; 100_000];
-    within("write after the server's half-close", stream.write_all(&more))
-        .await
-        .expect("the client's side is still open");
+    within(
+        "write after the server's half-close",
+        stream.write_all(&more),
+    )
+    .await
+    .expect("the client's side is still open");
     stream.shutdown().await.unwrap();
     let received = within("the server's count", server.received.recv())
         .await
@@ -385,12 +409,18 @@ async fn a_drained_server_tunnel_is_closed_at_drain_timeout() {
     // New connections go to the other server.
     let mut third = TcpStream::connect(addr).await.unwrap();
     assert_eq!(round_trip(&mut third, b"THREE\n").await, b"THREE\n");
-    assert_eq!(draining.accepted(), 1, "a draining server gets no new tunnel");
+    assert_eq!(
+        draining.accepted(),
+        1,
+        "a draining server gets no new tunnel"
+    );
     assert_eq!(other.accepted(), 2);
 
     // At the drain timeout the tunnel on the drained server is closed.
     let Some(_) = closed_after(&mut on_drained, Duration::from_secs(5)).await else {
-        panic!("the tunnel to the drained server is still open 5s after the drain (drain_timeout = 300ms)");
+        panic!(
+            "the tunnel to the drained server is still open 5s after the drain (drain_timeout = 300ms)"
+        );
     };
     let when = drained_at.elapsed();
     assert!(

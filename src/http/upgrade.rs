@@ -66,14 +66,16 @@ pub fn start_tunnel(
             Err(client_io) => match client_io.downcast::<TokioIo<TlsStream<TcpStream>>>() {
                 Ok(tls) => {
                     let (stream, early) = (tls.io.into_inner(), tls.read_buf);
-                    tunnel::run_generic(
+                    // Boxed: its state is large, and must not make every
+                    // plain websocket's task as big as a TLS one's.
+                    Box::pin(tunnel::run_generic(
                         stream,
                         server_stream,
                         early,
                         server_early,
                         idle_timeout,
                         drained,
-                    )
+                    ))
                     .await
                 }
                 Err(_) => {
