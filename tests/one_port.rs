@@ -506,6 +506,49 @@ async fn wss_echo_through_wharf() {
     within("close", ws.close(None)).await.expect("close");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_wss_tunnel_is_closed_after_tunnel_idle() {
+    let dir = TempDir::new("wss-idle");
+    dir.cert("a", &["a.test"]);
+    let (ws_addr, _ws) = ws_echo_server().await;
+    // `rest` lands in [pool.web].
+    let idle = "timeouts = { tunnel_idle = \"300ms\" }";
+    let running = start_in(&dir, &tls_config(&["a"], "", "", ws_addr, idle)).await;
+    let addr = public(&running);
+
+    let tls = tls_connect(addr, Some("a.test")).await;
+    let (mut ws, _) = within(
+        "websocket handshake",
+        tokio_tungstenite::client_async("wss://a.test/ws", tls),
+    )
+    .await
+    .expect("the websocket handshake succeeds");
+    // Messages every 100ms keep it open past the idle timeout.
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = format!("tick {i}");
+        within("send", ws.send(Message::text(text.clone())))
+            .await
+            .expect("send");
+        let echo = within("echo", ws.next()).await.expect("a message");
+        assert_eq!(echo.expect("not an error"), Message::text(text));
+    }
+    let last = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    let after = last.elapsed();
+    match end {
+        Err(_) => panic!(
+            "an idle wss tunnel is still open 5s after its last message (tunnel_idle = 300ms)"
+        ),
+        Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => {}
+        Ok(Some(Ok(other))) => panic!("unexpected message {other:?}"),
+    }
+    assert!(
+        after >= Duration::from_millis(250) && after < Duration::from_millis(1500),
+        "the idle wss tunnel closed {after:?} after its last message; tunnel_idle is 300ms"
+    );
+}
+
 // ------------------------------------------------------------------ plaintext on the TLS port
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,20 +39,25 @@ pub async fn handle(accepted: Accepted, shared: Arc<Shared>) {
         listener,
         slot,
     } = accepted;
-    let deadline = Instant::now() + config.timeouts.first_bytes;
+    // One deadline from accept for everything before the protocol is known;
+    // with `server_first`, a silent client goes to the TCP pool at that point.
+    let first_bytes = config
+        .timeouts
+        .server_first
+        .unwrap_or(config.timeouts.first_bytes);
+    let accepted_at = Instant::now();
+    let deadline = accepted_at + first_bytes;
+    // A TLS client has `first_bytes` for its whole handshake, `server_first` or not.
+    let handshake_deadline = accepted_at + config.timeouts.first_bytes;
 
-    let (peer, local) = match client_addresses(&mut stream, peer, local, config).await {
+    let (peer, local) = match client_addresses(&mut stream, peer, local, config, deadline).await {
         Ok(addresses) => addresses,
         Err(reason) => {
             tracing::info!(listener = %config.name, %peer, "connection refused: {reason}");
             return;
         }
     };
-    let wait = config
-        .timeouts
-        .server_first
-        .unwrap_or(config.timeouts.first_bytes);
-    let protocol = match sniff::sniff(&stream, wait).await {
+    let protocol = match sniff::sniff(&stream, deadline).await {
         Ok(protocol) => protocol,
         Err(e) => {
             tracing::debug!(listener = %config.name, %peer, error = %e, "connection failed before its first bytes");
@@ -80,7 +85,7 @@ pub async fn handle(accepted: Accepted, shared: Arc<Shared>) {
             tls(
                 stream,
                 from,
-                deadline,
+                handshake_deadline,
                 config,
                 &snapshot,
                 client("https"),
@@ -120,13 +125,13 @@ async fn client_addresses(
     peer: SocketAddr,
     local: SocketAddr,
     config: &ListenerConfig,
+    deadline: Instant,
 ) -> Result<(SocketAddr, SocketAddr), String> {
     let trusted = config
         .proxy_protocol
         .iter()
         .any(|net| net.contains(&peer.ip().to_canonical()));
     let mut first = [0u8; 12];
-    let deadline = Instant::now() + config.timeouts.first_bytes;
     // Enough bytes to tell a PROXY header apart ("PROXY " or the v2 signature).
     let mut seen = 0;
     while seen < 6 {

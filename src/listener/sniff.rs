@@ -33,12 +33,12 @@ pub enum Protocol {
 
 pub const FLASH_POLICY_REQUEST: &[u8] = b"<policy-file-request/>\0";
 
-/// The longest HTTP method wharf recognises, plus the space after it.
-const MAX_METHOD: usize = 16;
+/// The longest registered HTTP method (`BASELINE-CONTROL`, RFC 3253) plus
+/// the space after it.
+const MAX_METHOD: usize = 17;
 
-/// Peeks at `stream` until its first bytes tell the protocol, for at most `wait`.
-pub async fn sniff(stream: &TcpStream, wait: Duration) -> io::Result<Protocol> {
-    let deadline = Instant::now() + wait;
+/// Peeks at `stream` until its first bytes tell the protocol, until `deadline`.
+pub async fn sniff(stream: &TcpStream, deadline: Instant) -> io::Result<Protocol> {
     let mut buf = [0u8; FLASH_POLICY_REQUEST.len()];
     let mut seen = 0;
     loop {
@@ -76,14 +76,16 @@ pub fn classify(bytes: &[u8]) -> Option<Protocol> {
     if bytes.starts_with(FLASH_POLICY_REQUEST) {
         return Some(Protocol::FlashPolicy);
     }
-    // An HTTP request line starts with a method token (RFC 9110 §9) and a space.
+    // An HTTP request line: a method token (RFC 9110 §9), a space, and a
+    // request target (RFC 9112 §3.2): `/path`, `*`, `http://…` or, for
+    // CONNECT, an authority. Line protocols with upper-case verbs (SMTP's
+    // `EHLO x`, FTP's `USER alice`) fail on the target and stay "other".
     for (i, &b) in bytes.iter().enumerate().take(MAX_METHOD) {
         if b == b' ' {
-            return Some(if i > 0 {
-                Protocol::Http
-            } else {
-                Protocol::Other
-            });
+            if i == 0 {
+                return Some(Protocol::Other);
+            }
+            return request_target(&bytes[..i], &bytes[i + 1..]);
         }
         if !(b.is_ascii_uppercase() || b == b'-' || b == b'_') {
             return Some(Protocol::Other);
@@ -93,6 +95,27 @@ pub fn classify(bytes: &[u8]) -> Option<Protocol> {
         None
     } else {
         Some(Protocol::Other)
+    }
+}
+
+/// Whether `target` starts like an HTTP request target for `method`.
+fn request_target(method: &[u8], target: &[u8]) -> Option<Protocol> {
+    if method == b"CONNECT" {
+        return Some(Protocol::Http);
+    }
+    match target.first()? {
+        b'/' | b'*' => Some(Protocol::Http),
+        _ => {
+            const SCHEME: &[u8] = b"http";
+            let n = target.len().min(SCHEME.len());
+            if !target[..n].eq_ignore_ascii_case(&SCHEME[..n]) {
+                Some(Protocol::Other)
+            } else if n == SCHEME.len() {
+                Some(Protocol::Http)
+            } else {
+                None
+            }
+        }
     }
 }
 
@@ -114,10 +137,13 @@ pub async fn peek_more(
             Err(_) => return Ok(None),
             Ok(result) => result?,
         }
-        let n = match stream.peek(buf).await {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+        // A new socket reports readable before any byte arrives, and peek
+        // then waits for data: it needs the deadline too.
+        let n = match tokio::time::timeout_at(deadline, stream.peek(buf)).await {
+            Err(_) => return Ok(None),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(Err(e)) => return Err(e),
         };
         if n == 0 || n > seen || n == buf.len() {
             return Ok(Some(n));
@@ -144,6 +170,15 @@ mod tests {
         assert_eq!(classify(b"\x00\x01binary"), Some(Protocol::Other));
         assert_eq!(classify(b" GET"), Some(Protocol::Other));
         assert_eq!(classify(b"ABCDEFGHIJKLMNOPQRSTU"), Some(Protocol::Other));
+        assert_eq!(
+            classify(b"BASELINE-CONTROL /x HTTP/1.1"),
+            Some(Protocol::Http)
+        );
+        assert_eq!(classify(b"GET http://a/ HTTP/1.1"), Some(Protocol::Http));
+        assert_eq!(classify(b"CONNECT a:443 HTTP/1.1"), Some(Protocol::Http));
+        assert_eq!(classify(b"USER alice\r\n"), Some(Protocol::Other));
+        assert_eq!(classify(b"EHLO mail.example\r\n"), Some(Protocol::Other));
+        assert_eq!(classify(b"HELO hello\r\n"), Some(Protocol::Other));
     }
 
     #[test]
@@ -152,5 +187,7 @@ mod tests {
         assert_eq!(classify(b"GE"), None);
         assert_eq!(classify(b"<policy-file"), None);
         assert_eq!(classify(b"<policy-file-request/>"), None);
+        assert_eq!(classify(b"GET "), None);
+        assert_eq!(classify(b"GET ht"), None);
     }
 }
