@@ -977,16 +977,33 @@ fn nonzero_duration(key: &str, s: &str) -> Result<Duration, String> {
     if duration.is_zero() {
         return Err(format!("`{key}` must be longer than zero"));
     }
+    // Far beyond any useful timeout, and safe to add to any instant.
+    if duration > MAX_DURATION {
+        return Err(format!("`{key}` must be at most 365d"));
+    }
     Ok(duration)
 }
 
+/// The largest duration a config may give.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The largest count a config may give (connections, queue, table sizes).
+const MAX_COUNT: usize = 100_000_000;
+
 fn positive(key: &str, n: i64) -> Result<usize, String> {
-    usize::try_from(n)
+    let n = usize::try_from(n)
         .ok()
         .filter(|&n| n > 0)
-        .ok_or_else(|| format!("`{key}` must be at least 1, not {n}"))
+        .ok_or_else(|| format!("`{key}` must be at least 1, not {n}"))?;
+    match n > MAX_COUNT {
+        true => Err(format!("`{key}` must be at most {MAX_COUNT}, not {n}")),
+        false => Ok(n),
+    }
 }
 
 fn non_negative(key: &str, n: i64) -> Result<usize, String> {
-    usize::try_from(n).map_err(|_| format!("`{key}` must be 0 or more, not {n}"))
+    let n = usize::try_from(n).map_err(|_| format!("`{key}` must be 0 or more, not {n}"))?;
+    match n > MAX_COUNT {
+        true => Err(format!("`{key}` must be at most {MAX_COUNT}, not {n}")),
+        false => Ok(n),
+    }
 }

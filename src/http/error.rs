@@ -28,13 +28,18 @@ pub enum ProxyError {
     Server(#[source] hyper::Error),
     #[error("server switched protocols without being asked to")]
     UnrequestedUpgrade,
+    #[error("the client's request body failed (client gone?): {0}")]
+    ClientAborted(#[source] hyper::Error),
+    #[error("the client sent nothing of its request body for {0:?}")]
+    UploadStalled(Duration),
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientAborted(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UploadStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             // As nginx: a server that cannot be reached in time is a timeout.
@@ -52,6 +57,7 @@ impl ProxyError {
         match self.status() {
             StatusCode::NOT_FOUND => "404 Not Found: no route for this host and path\n",
             StatusCode::BAD_REQUEST => "400 Bad Request\n",
+            StatusCode::REQUEST_TIMEOUT => "408 Request Timeout: the request body stalled\n",
             StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
             StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no server available\n",
             StatusCode::GATEWAY_TIMEOUT => {

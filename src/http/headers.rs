@@ -30,7 +30,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+    // `Host` is what wharf routed on: a client cannot have it dropped.
+    for name in listed
+        .iter()
+        .filter(|n| **n != header::HOST)
+        .chain(HOP_BY_HOP.iter())
+    {
         headers.remove(name);
     }
 }
@@ -167,6 +172,15 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_cannot_remove_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("host"));
+        h.insert(header::HOST, HeaderValue::from_static("app.test"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h[header::HOST], "app.test");
     }
 
     #[test]

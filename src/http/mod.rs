@@ -58,9 +58,11 @@ where
     let service = service_fn(move |request| proxy::handle(request, client.clone(), shared.clone()));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        // A client may finish sending (shut down its write side) and still
-        // wait for the answer or the tunnel, as HAProxy allows.
-        .half_close(true)
+        // hyper's default, kept on purpose: a client that closes its side
+        // mid-request is taken as gone (as HAProxy's `abortonclose`), so a
+        // queued or slow request of a departed client is dropped instead of
+        // holding a server slot and the listener's place.
+        .half_close(false)
         // Also bounds how long an idle keep-alive connection is kept: hyper
         // starts this timer whenever it waits for a request head.
         .header_read_timeout(timeouts.request_header)

@@ -85,7 +85,10 @@ fn error_response(error: &ProxyError) -> Response<ResponseBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     // After a bad request the connection's framing cannot be trusted.
-    if error.status() == StatusCode::BAD_REQUEST {
+    if matches!(
+        error.status(),
+        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT
+    ) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response

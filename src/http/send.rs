@@ -86,8 +86,12 @@ pub async fn send_with_retries(
             }
             Err(SendError { error, unsent }) => {
                 let outcome = match error {
-                    ProxyError::Connect(_) => Outcome::ConnectFailure,
-                    _ => Outcome::ServerError,
+                    ProxyError::Connect(_) => Some(Outcome::ConnectFailure),
+                    ProxyError::ClientAborted(_) | ProxyError::UploadStalled(_) => None,
+                    _ => Some(Outcome::ServerError),
+                };
+                let Some(outcome) = outcome else {
+                    return Err((error, Some(server.address)));
                 };
                 server.record_outcome(outcome, &error.to_string());
                 let retry = unsent.is_some()
@@ -234,7 +238,14 @@ async fn send_on(
             tokio::select! {
                 result = &mut response => return result_of(result),
                 changed = upload.changed() => if changed.is_err() { break },
-                () = tokio::time::sleep(response_timeout) => return Err(timed_out()),
+                // Nothing moved for a whole timeout while the body was on
+                // its way: the client stalled (a server that stops reading
+                // looks the same; the client is the likelier one, and must
+                // not get a healthy server ejected).
+                () = tokio::time::sleep(response_timeout) => return Err(SendError {
+                    error: ProxyError::UploadStalled(response_timeout),
+                    unsent: None,
+                }),
             }
         }
     }
@@ -249,10 +260,13 @@ fn result_of(
 ) -> Result<Response<Incoming>, SendError> {
     result.map_err(|mut e| {
         let unsent = e.take_message().map(Box::new);
-        SendError {
-            error: ProxyError::Server(e.into_error()),
-            unsent,
-        }
+        let error = e.into_error();
+        // The client's own body failed (it went away mid-upload): not the server's doing.
+        let error = match error.is_user() {
+            true => ProxyError::ClientAborted(error),
+            false => ProxyError::Server(error),
+        };
+        SendError { error, unsent }
     })
 }
 

@@ -109,7 +109,15 @@ pub async fn handle(accepted: Accepted, shared: Arc<Shared>) {
         // Without a TCP pool, let hyper answer what is probably broken HTTP:
         // 400 and close, rather than silence.
         Protocol::FlashPolicy | Protocol::Other => {
-            http::serve(stream, client("http"), shared.clone()).await;
+            match config.tls.as_ref().map(|tls| tls.plaintext) {
+                None | Some(Plaintext::Serve) => {
+                    http::serve(stream, client("http"), shared.clone()).await
+                }
+                Some(answer) => {
+                    http::serve_plaintext_answer(stream, answer, config.timeouts.request_header)
+                        .await
+                }
+            }
         }
         Protocol::Silent | Protocol::Closed => {
             tracing::debug!(listener = %config.name, %peer, ?protocol, "connection closed: nothing sent");

@@ -109,9 +109,15 @@ pub fn remove(headers: &mut HeaderMap, name: &str) {
     if find(headers, name).is_none() {
         return;
     }
-    let kept: Vec<String> = pairs(headers)
-        .filter(|(n, _)| *n != name)
-        .map(|(n, v)| format!("{n}={v}"))
+    // Other pairs are kept exactly as sent (quotes, valueless ones and all).
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split('=').next().map(str::trim) != Some(name))
+        .map(str::to_owned)
         .collect();
     headers.remove(header::COOKIE);
     if !kept.is_empty()
@@ -222,6 +228,13 @@ mod tests {
         headers.insert(header::COOKIE, HeaderValue::from_static("wharf=x"));
         remove(&mut headers, "wharf");
         assert!(headers.get(header::COOKIE).is_none());
+        // Other pairs pass exactly as sent.
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("wharf=T; a=\"x\"; flag"),
+        );
+        remove(&mut headers, "wharf");
+        assert_eq!(headers[header::COOKIE], "a=\"x\"; flag");
     }
 
     #[test]

@@ -50,9 +50,22 @@ impl LearnedSessions {
         let mut table = self.lock();
         self.evict(&mut table, now);
         if table.entries.len() >= self.capacity {
-            // Full of live sessions: the oldest goes.
-            if let Some((oldest, _)) = table.order.pop_front() {
-                table.entries.remove(&oldest);
+            // Full of live sessions: the oldest not seen since it was queued
+            // goes; seen ones get a second chance at the back.
+            for _ in 0..=table.order.len() {
+                let Some((key, queued)) = table.order.pop_front() else {
+                    break;
+                };
+                match table.entries.get(&key) {
+                    Some(entry) if entry.last_seen > queued => {
+                        let seen = entry.last_seen;
+                        table.order.push_back((key, seen));
+                    }
+                    _ => {
+                        table.entries.remove(&key);
+                        break;
+                    }
+                }
             }
         }
         let previous = table.entries.insert(
@@ -148,6 +161,24 @@ mod tests {
         assert_eq!(sessions.len(), 3);
         assert_eq!(sessions.get("a", t0), None);
         assert_eq!(sessions.get("d", t0), Some(3));
+    }
+
+    #[test]
+    fn a_full_table_evicts_an_unseen_session_before_a_busy_one() {
+        let t0 = Instant::now();
+        let sessions = LearnedSessions::new(3, Duration::from_secs(600));
+        sessions.insert("busy".into(), 0, t0);
+        sessions.insert("idle-1".into(), 1, t0);
+        sessions.insert("idle-2".into(), 2, t0);
+        assert_eq!(sessions.get("busy", t0 + Duration::from_secs(1)), Some(0));
+        sessions.insert("new".into(), 1, t0 + Duration::from_secs(2));
+        assert_eq!(
+            sessions.get("busy", t0 + Duration::from_secs(2)),
+            Some(0),
+            "the busy session was evicted"
+        );
+        assert_eq!(sessions.get("idle-1", t0 + Duration::from_secs(2)), None);
+        assert_eq!(sessions.len(), 3);
     }
 
     #[test]
