@@ -20,6 +20,8 @@ pub struct Acceptor {
     /// What the socket is, for logs (`listener public`, `admin`).
     what: String,
     backoff: Duration,
+    /// Whether the limit was reached and said so, to log once per episode.
+    at_limit: bool,
 }
 
 impl Acceptor {
@@ -30,6 +32,7 @@ impl Acceptor {
             max: max_connections,
             what,
             backoff: FIRST_BACKOFF,
+            at_limit: false,
         }
     }
 
@@ -43,9 +46,11 @@ impl Acceptor {
             if *shutdown.borrow_and_update() {
                 return None;
             }
-            if self.limit.available_permits() == 0 {
+            let full = self.limit.available_permits() == 0;
+            if full && !self.at_limit {
                 tracing::warn!(what = %self.what, max_connections = self.max, "connection limit reached; not accepting");
             }
+            self.at_limit = full;
             let permit = tokio::select! {
                 permit = self.limit.clone().acquire_owned() => permit.ok()?,
                 _ = shutdown.changed() => return None,

@@ -17,7 +17,9 @@ const MAX_RECORD: usize = 5 + 16_384;
 
 /// Peeks the first TLS record of `stream` and returns the SNI host name, if any.
 pub async fn peek_server_name(stream: &TcpStream, deadline: Instant) -> io::Result<Option<String>> {
-    let mut buf = vec![0u8; MAX_RECORD];
+    // Start small; grow to the record's own length once its header is seen,
+    // so a trickling client does not pin a 16 KiB buffer.
+    let mut buf = vec![0u8; 512];
     let mut seen = 0;
     loop {
         let Some(n) = peek_more(stream, &mut buf, seen, deadline).await? else {
@@ -26,7 +28,14 @@ pub async fn peek_server_name(stream: &TcpStream, deadline: Instant) -> io::Resu
         seen = n;
         match record_len(&buf[..seen]) {
             None if seen < 5 && n > 0 => continue,
-            Some(len) if seen < len && seen < buf.len() && n > 0 => continue,
+            Some(len) if seen < len && n > 0 => {
+                let wanted = len.min(MAX_RECORD);
+                if buf.len() < wanted {
+                    buf.resize(wanted, 0);
+                } else if seen >= buf.len() {
+                    return Ok(server_name(&buf[..seen]).map(str::to_owned));
+                }
+            }
             _ => return Ok(server_name(&buf[..seen]).map(str::to_owned)),
         }
     }
