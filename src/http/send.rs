@@ -169,8 +169,7 @@ struct Sending<'a> {
     /// A copy to send again, if the request is idempotent and bodiless.
     replay: Option<&'a Replay>,
     /// The PROXY header that starts every connection, when the pool sends
-    /// one. It names this client, so such connections are never shared
-    /// between clients: no idle connection is reused.
+    /// one (such pools keep no idle connections: see `upstream::Pool::new`).
     proxy_header: Option<&'a [u8]>,
 }
 
@@ -185,11 +184,7 @@ async fn send(
     sending: Sending<'_>,
 ) -> Result<(Response<Incoming>, Connection), SendError> {
     let mut request = request;
-    let idle = match sending.proxy_header {
-        None => server.idle.take(),
-        Some(_) => None,
-    };
-    if let Some(mut connection) = idle {
+    if let Some(mut connection) = server.idle.take() {
         match send_on(&mut connection, request, &sending).await {
             Ok(response) => return Ok((response, connection)),
             Err(SendError {
@@ -274,10 +269,8 @@ fn result_of(
 /// has been read to the end (hyper reports it ready then).
 pub fn return_when_idle(mut connection: Connection, server: Arc<Server>) {
     tokio::spawn(async move {
-        // A server drained, ejected or down meanwhile keeps no idle connection,
-        // nor does one whose connections start with a client's PROXY header.
-        let private = server.pool_config().send_proxy_protocol.is_some();
-        if connection.ready().await.is_ok() && server.is_serving() && !private {
+        // A server drained, ejected or down meanwhile keeps no idle connection.
+        if connection.ready().await.is_ok() && server.is_serving() {
             server.idle.put(connection);
         }
     });

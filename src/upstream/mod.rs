@@ -58,11 +58,6 @@ impl Server {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// The config of the pool this server belongs to.
-    pub fn pool_config(&self) -> &PoolConfig {
-        &self.config
-    }
-
     /// A copy of the server's state.
     pub fn state(&self) -> ServerState {
         self.lock().clone()
@@ -276,6 +271,12 @@ impl Pool {
     pub fn new(config: PoolConfig) -> Self {
         let config = Arc::new(config);
         let released = Arc::new(Notify::new());
+        // A connection that starts with a client's PROXY header names that
+        // client: it can never serve another, so none is kept idle.
+        let idle_connections = match config.send_proxy_protocol {
+            Some(_) => 0,
+            None => config.idle_connections,
+        };
         let servers = config
             .servers
             .iter()
@@ -288,7 +289,7 @@ impl Pool {
                     pool: config.name.clone(),
                     active: AtomicUsize::new(0),
                     max_connections: config.max_connections,
-                    idle: IdlePool::new(config.idle_connections, config.timeouts.server_idle),
+                    idle: IdlePool::new(idle_connections, config.timeouts.server_idle),
                     state: Mutex::new(ServerState::default()),
                     serving: AtomicBool::new(true),
                     maybe_ejected: AtomicBool::new(false),

@@ -6,6 +6,8 @@
 //! Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
+pub mod accept_any;
+
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
