@@ -3,14 +3,21 @@
 //! The source tree follows the path a connection takes:
 //!
 //! ```text
-//! listener (accept, limits) ─▶ http (serve, headers) ─▶ route ─▶ upstream (pool, balance) ─▶ server
-//!                                     └─ upgrade (101) ─▶ tunnel: bytes both ways, idle timeout
+//! listener (accept, limit) ─▶ front (PROXY, sniff, TLS) ─▶ http (serve, headers) ─▶ route
+//!     ─▶ upstream (pool, balance, sticky) ─▶ server
+//!                      └─ tcp pool ─▶ server        upgrade (101) ─▶ tunnel
 //! ```
 //!
 //! - [`config`]: the immutable, validated config model and its parser.
-//! - [`runtime`]: turns a config into running listeners and pools; the handle tests use.
-//! - [`listener`]: accepts connections, caps how many are open, reads PROXY
-//!   headers, sniffs the protocol and hands each connection to its stage.
+//! - [`snapshot`]: one immutable view of the config and the pools built on it.
+//! - [`registry`]: live state (servers, pools, listeners) keyed by identity,
+//!   kept across reloads.
+//! - [`runtime`]: starts, reloads and stops wharf; the handle tests use.
+//! - [`handover`]: passes listening sockets to a new wharf binary.
+//! - [`fd`]: file-descriptor limits, and running out of them.
+//! - [`listener`]: accepts connections under a limit and hands them on.
+//! - [`front`]: reads PROXY headers, sniffs the protocol, terminates TLS and
+//!   hands each connection to HTTP or a TCP pool.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2, read from trusted peers and sent to servers.
 //! - [`tls`]: TLS termination with certificates chosen by SNI, reloaded on SIGHUP.
 //! - [`tcp`]: TCP pools: raw connections balanced and tunnelled.
@@ -28,16 +35,21 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod fd;
+pub mod front;
+pub mod handover;
 pub mod health;
 pub mod http;
 pub mod listener;
 pub mod proxy_protocol;
+pub mod registry;
 pub mod route;
 pub mod runtime;
+pub mod snapshot;
 pub mod sticky;
 pub mod tcp;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 
-pub use runtime::{Running, StartError, start};
+pub use runtime::{Running, StartError, StartOptions, start, start_with};

@@ -19,8 +19,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve with the given config file.
-    Run { config: PathBuf },
+    /// Serve with the given config file. SIGHUP reloads it in place,
+    /// SIGTERM or SIGINT stops gracefully (a second one at once).
+    Run {
+        config: PathBuf,
+        /// A local socket through which a new wharf takes over the listening
+        /// sockets of this one (binary upgrade without a refused connection):
+        /// start the new binary with the same option and the old one stops
+        /// gracefully once the new one serves.
+        #[arg(long, value_name = "PATH")]
+        upgrade_socket: Option<PathBuf>,
+    },
     /// Validate a config file; print every mistake as file:line:col.
     Check { config: PathBuf },
     /// Start three built-in demo servers behind wharf and print the URL.
@@ -35,63 +44,134 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Check { config: path } => match wharf::config::load(&path) {
-            Ok(config) => {
-                // Certificates parse, and each key matches its certificate.
-                let mut ok = true;
-                for listener in &config.listeners {
-                    let Some(tls) = &listener.tls else { continue };
-                    let files: Vec<_> = tls
-                        .certificates
-                        .iter()
-                        .map(|c| wharf::tls::CertificateFiles::new(&c.cert, &c.key))
-                        .collect();
-                    if let Err(e) = wharf::tls::TlsTerminator::load(&files) {
-                        eprintln!("{}: listener `{}`: {e}", path.display(), listener.name);
-                        ok = false;
-                    }
-                }
-                if !ok {
-                    return ExitCode::FAILURE;
-                }
+        Command::Check { config: path } => match wharf::runtime::load_checked(&path) {
+            Ok(_) => {
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
-            Err(errors) => {
-                eprint!("{errors}");
+            Err(e) => {
+                for sentence in e.sentences() {
+                    eprintln!("{sentence}");
+                }
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
-            let config = match wharf::config::load(&config) {
+        Command::Run {
+            config: path,
+            upgrade_socket,
+        } => {
+            let config = match wharf::config::load(&path) {
                 Ok(config) => config,
                 Err(errors) => {
                     eprint!("{errors}");
                     return ExitCode::FAILURE;
                 }
             };
-            block_on(async move {
-                let running = wharf::start(config).await?;
-                reload_certificates_on_sighup(&running);
-                wait_for_stop_signal().await;
-                tracing::info!("stopping");
-                running.shutdown().await;
-                Ok(())
-            })
+            match wharf::fd::raise_limit() {
+                Some(limit) => tracing::info!(limit, "open files allowed"),
+                None => tracing::info!("open files: no limit"),
+            }
+            let workers = config.workers;
+            block_on(workers, run(config, path, upgrade_socket))
         }
-        Command::Demo { bind } => block_on(wharf::demo::run(bind)),
+        Command::Demo { bind } => block_on(None, wharf::demo::run(bind)),
     }
 }
 
-fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+/// `wharf run`: serves until a stop signal or a successor takes over, then
+/// stops gracefully within `shutdown_timeout`.
+async fn run(
+    config: wharf::config::Config,
+    path: PathBuf,
+    upgrade_socket: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+
+    let shutdown_timeout = config.shutdown_timeout;
+    let inherited = match &upgrade_socket {
+        Some(socket) => {
+            let socket = socket.clone();
+            tokio::task::spawn_blocking(move || wharf::handover::take(&socket)).await??
+        }
+        None => None,
+    };
+    let (inherited, channel) = match inherited {
+        Some(mut handover) => {
+            tracing::info!(
+                sockets = handover.sockets.len(),
+                "taking over from the running wharf"
+            );
+            let sockets = std::mem::take(&mut handover.sockets);
+            (sockets, Some(handover))
+        }
+        None => (Default::default(), None),
+    };
+    let options = wharf::StartOptions {
+        config_path: Some(path),
+        inherited,
+    };
+    let running = wharf::start_with(config, options).await?;
+    let successor = match &upgrade_socket {
+        Some(socket) => {
+            if let Some(channel) = channel {
+                channel.ready().context("telling the old wharf we serve")?;
+            }
+            let listener = wharf::handover::listen(socket)
+                .with_context(|| format!("cannot listen on {}", socket.display()))?;
+            Some(tokio::spawn(wharf::handover::serve(
+                listener,
+                running.clone(),
+            )))
+        }
+        None => None,
+    };
+    reload_on_sighup(&running);
+    let taken_over = async {
+        match successor {
+            Some(task) => {
+                let _ = task.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = stop_signal() => {}
+        () = taken_over => {}
+    }
+    // A second signal while stopping exits at once.
+    tokio::spawn(async {
+        stop_signal().await;
+        tracing::warn!("second stop signal: exiting now");
+        std::process::exit(1);
+    });
+    let finished = running.stop(shutdown_timeout).await;
+    if !finished {
+        tracing::warn!(timeout = ?shutdown_timeout, "shutdown_timeout passed with connections still open; closing them");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn block_on(
+    workers: Option<usize>,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("wharf: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(work) {
+    let result = runtime.block_on(work);
+    // Tasks still running (tunnels past the shutdown timeout) are not waited for.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wharf: {e:#}");
@@ -100,44 +180,41 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
     }
 }
 
-/// SIGHUP re-reads the TLS certificates; open connections are untouched.
-fn reload_certificates_on_sighup(running: &wharf::Running) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; certificates will not be reloaded");
-            return;
-        };
-        let shared = running.shared().clone();
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading certificates");
-                shared.snapshot().reload_certificates();
+/// SIGHUP reloads the config file in place; on an error nothing changes and
+/// every error is logged.
+fn reload_on_sighup(running: &wharf::Running) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; the config will not be reloaded");
+        return;
+    };
+    let running = running.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            if let Err(e) = running.reload().await {
+                for sentence in e.sentences() {
+                    tracing::error!("reload refused, nothing changed: {sentence}");
+                }
             }
-        });
-    }
+        }
+    });
 }
 
-async fn wait_for_stop_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+/// SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 fn init_logging() {

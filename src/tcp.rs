@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::config::{HashKey, ProxyVersion};
@@ -15,7 +14,7 @@ use crate::proxy_protocol;
 use crate::sticky::Affinity;
 use crate::sticky::key;
 use crate::tunnel;
-use crate::upstream::{Outcome, Pool};
+use crate::upstream::{Outcome, Pool, connect_tcp};
 
 /// Where a TCP client came from and went to, as wharf knows it.
 #[derive(Debug, Clone, Copy)]
@@ -44,34 +43,29 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
             }
         };
         let server = guard.server().clone();
-        let connect = TcpStream::connect(server.address);
-        let stream = match tokio::time::timeout(pool.config.timeouts.connect, connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
+        let proxy_header = pool
+            .config
+            .send_proxy_protocol
+            .map(|version| match version {
+                ProxyVersion::V1 => proxy_protocol::encode_v1(from.peer, from.local),
+                ProxyVersion::V2 => proxy_protocol::encode_v2(from.peer, from.local),
+            });
+        let connect = connect_tcp(
+            server.address,
+            pool.config.timeouts.connect,
+            proxy_header.as_deref(),
+        );
+        let stream = match connect.await {
+            Ok(stream) => stream,
+            // wharf's own trouble: logged where it happened, nobody's fault.
+            Err(e) if !e.is_server_fault() => return,
+            Err(e) => {
                 server.record_outcome(Outcome::ConnectFailure, &e.to_string());
                 tracing::info!(%listener, client = %from.peer, pool = pool.name(), server = %server.address, error = %e, "TCP connect failed; trying another server");
                 failed.push(server.address);
                 continue;
             }
-            Err(_) => {
-                server.record_outcome(Outcome::ConnectFailure, "connect timed out");
-                failed.push(server.address);
-                continue;
-            }
         };
-        let _ = stream.set_nodelay(true);
-        let mut stream = stream;
-        if let Some(version) = pool.config.send_proxy_protocol {
-            let header = match version {
-                ProxyVersion::V1 => proxy_protocol::encode_v1(from.peer, from.local),
-                ProxyVersion::V2 => proxy_protocol::encode_v2(from.peer, from.local),
-            };
-            if let Err(e) = stream.write_all(&header).await {
-                server.record_outcome(Outcome::ServerError, &e.to_string());
-                tracing::warn!(%listener, client = %from.peer, server = %server.address, error = %e, "sending the PROXY header failed");
-                return;
-            }
-        }
         server.record_outcome(Outcome::Success, "connected");
         let drained = server.drained();
         let report = tunnel::run(

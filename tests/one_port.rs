@@ -758,7 +758,7 @@ async fn a_line_protocol_with_an_uppercase_verb_reaches_the_tcp_pool() {
 /// `BASELINE-CONTROL` (RFC 3253, 16 characters), followed by its space.
 #[test]
 fn the_longest_registered_http_method_is_sniffed_as_http() {
-    use wharf::listener::sniff::{Protocol, classify};
+    use wharf::front::sniff::{Protocol, classify};
     assert_eq!(
         classify(b"VERSION-CONTROL /x HTTP/1.1\r\n"),
         Some(Protocol::Http)

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use serde::Serialize;
 
 use super::json::{PoolView, ServerView};
-use crate::runtime::Snapshot;
+use crate::snapshot::Snapshot;
 use crate::upstream::AdminState;
 
 /// The request paths the API knows, split into their decoded segments.
@@ -199,7 +199,7 @@ pub fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json(status, &Error { error: message })
 }
 
-fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
     let mut body = match serde_json::to_vec_pretty(value) {
         Ok(body) => body,
         // Our views hold only strings, numbers and booleans; this cannot fail.

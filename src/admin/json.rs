@@ -58,7 +58,7 @@ impl ServerView {
             .filter(|remaining| !remaining.is_zero());
         ServerView {
             address: server.address.to_string(),
-            weight: server.weight,
+            weight: server.weight(),
             active: server.active(),
             idle_connections: server.idle.len(),
             serving: server.is_serving(),

@@ -12,6 +12,7 @@
 //! | `GET` | `/api/pools` | `200` `{"pools": [POOL, ...]}`, in config order |
 //! | `GET` | `/api/pools/{pool}` | `200` `POOL`; `404` if there is no such pool |
 //! | `POST` | `/api/pools/{pool}/servers/{address}/{state}` | `200` `SERVER` after setting its admin state |
+//! | `POST` | `/api/reload` | `200` `{"reloaded": "what changed"}`; `400` `{"errors": ["file:line:col: sentence", ...]}` and nothing changed |
 //!
 //! `{state}` is `ready`, `drain` or `maintenance`:
 //!
@@ -89,11 +90,21 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::listener::Acceptor;
-use crate::runtime::Shared;
+use crate::snapshot::Shared;
+
+/// Reloads the config file (what SIGHUP does): a summary of what changed,
+/// or every error, and then nothing changed.
+pub type Reload = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<String, Vec<String>>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// No endpoint takes a body; anything longer than this is refused.
 const MAX_REQUEST_BODY: usize = 1024;
@@ -102,17 +113,24 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Admin connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Serves the admin API on `socket` until `shutdown` turns true (or its
-/// sender is dropped). Connections still open then are closed.
-pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut acceptor = Acceptor::new(socket, MAX_CONNECTIONS, "admin".to_owned());
-    while let Some((stream, peer, permit)) = acceptor.next(&mut shutdown).await {
+/// Serves the admin API on `socket` until `stop` is cancelled. Connections
+/// still open then are closed.
+pub async fn serve(
+    socket: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    reload: Reload,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut acceptor = Acceptor::new(socket, limit, "admin".to_owned());
+    while let Some((stream, peer, permit)) = acceptor.next(&stop).await {
         let shared = shared.clone();
-        let mut shutdown = shutdown.clone();
+        let stop = stop.clone();
+        let reload = reload.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = serve_connection(stream, peer, shared) => {}
-                _ = shutdown.wait_for(|stop| *stop) => {}
+                () = serve_connection(stream, peer, shared, reload) => {}
+                () = stop.cancelled() => {}
             }
             drop(permit);
         });
@@ -120,8 +138,13 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut shutdown: watch
 }
 
 /// Serves one admin connection (keep-alive allowed) until it closes.
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let service = service_fn(move |request| handle(request, peer, shared.clone()));
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    reload: Reload,
+) {
+    let service = service_fn(move |request| handle(request, peer, shared.clone(), reload.clone()));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(REQUEST_TIMEOUT)
@@ -137,17 +160,54 @@ async fn handle(
     request: Request<Incoming>,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    reload: Reload,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
     if let Err(refusal) = read_small_body(body).await {
         return Ok(refusal);
     }
-    let response = api::respond(&parts.method, parts.uri.path(), peer, &shared.snapshot());
+    let response = match (&parts.method, parts.uri.path()) {
+        (&http::Method::POST, "/api/reload") => reload_now(&reload, peer).await,
+        (_, "/api/reload") => {
+            let mut response = api::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("/api/reload takes POST, not {}", parts.method),
+            );
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            response
+        }
+        _ => api::respond(&parts.method, parts.uri.path(), peer, &shared.snapshot()),
+    };
     tracing::info!(
         client = %peer, method = %parts.method, path = parts.uri.path(),
         status = response.status().as_u16(), "admin request"
     );
     Ok(response)
+}
+
+/// `POST /api/reload`: reloads the config file and says what changed, or
+/// every error (400; then nothing changed).
+async fn reload_now(reload: &Reload, peer: SocketAddr) -> Response<Full<Bytes>> {
+    #[derive(Serialize)]
+    struct Reloaded {
+        reloaded: String,
+    }
+    #[derive(Serialize)]
+    struct Refused {
+        errors: Vec<String>,
+    }
+    tracing::info!(client = %peer, "reload asked through the admin API");
+    match reload().await {
+        Ok(summary) => api::json(StatusCode::OK, &Reloaded { reloaded: summary }),
+        Err(errors) => {
+            for error in &errors {
+                tracing::error!("reload refused: {error}");
+            }
+            api::json(StatusCode::BAD_REQUEST, &Refused { errors })
+        }
+    }
 }
 
 /// Reads a request body of at most [`MAX_REQUEST_BODY`] bytes, so that the

@@ -29,6 +29,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// The whole validated config file.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// SIGTERM: how long open connections get to finish before wharf exits.
+    pub shutdown_timeout: Duration,
+    /// Worker threads; `None`: one per core.
+    pub workers: Option<usize>,
     /// The admin API (server states, and later metrics and status), if any.
     pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,

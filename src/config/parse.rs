@@ -37,6 +37,10 @@ mod not_yet {
 /// Upgrade protocols a route allows when it does not say.
 const DEFAULT_UPGRADES: &[&str] = &["websocket"];
 const MAX_WEIGHT: u32 = 1000;
+/// How long SIGTERM waits for connections to finish, unless the file says.
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Far more threads than any machine wharf runs on has cores.
+const MAX_WORKERS: usize = 1024;
 
 /// Parses and validates config text; `file` is only used to name the file in errors.
 pub fn parse_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
@@ -51,6 +55,13 @@ pub fn parse_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
 
 fn read_config(mut root: Table<'_>) -> Read<Config> {
     root.not_yet(not_yet::TOP_LEVEL);
+    let shutdown_timeout = duration(&mut root, "shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT);
+    let workers = root.optional("workers", None, |n: i64| {
+        positive("workers", n).and_then(|n| match n > MAX_WORKERS {
+            true => Err(format!("`workers` must be at most {MAX_WORKERS}, not {n}")),
+            false => Ok(Some(n)),
+        })
+    });
     let admin = read_admin(&mut root);
     let pool_tables = root.named_tables("pool");
     // `None` when `pool` itself is malformed: then routes cannot be checked against it.
@@ -79,6 +90,8 @@ fn read_config(mut root: Table<'_>) -> Read<Config> {
     let listeners = read_listeners(&mut root, known.as_ref());
     root.finish();
     Ok(Config {
+        shutdown_timeout: shutdown_timeout?,
+        workers: workers?,
         admin: admin?,
         listeners: listeners?,
         pools: pools?,

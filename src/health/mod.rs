@@ -15,39 +15,55 @@ pub mod schedule;
 
 use std::sync::{Arc, Weak};
 
-use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::HealthConfig;
-use crate::upstream::{AdminState, Pool, Server};
+use crate::upstream::{AdminState, Server};
 
-/// Starts the checks of `pool`, if it has any; they stop when `shutdown`
-/// turns true (or its sender is gone) or the pool is dropped.
-pub fn spawn_checks(pool: &Arc<Pool>, shutdown: watch::Receiver<bool>) {
-    let Some(config) = &pool.config.health else {
-        return;
-    };
-    for server in &pool.servers {
-        let checks = check_server(Arc::downgrade(server), config.clone());
-        let mut shutdown = shutdown.clone();
+/// Starts the checks of each of `servers` whose pool has `health`, unless
+/// they already run; they stop when `stop` is cancelled, when the server is
+/// removed by a reload or dropped, or when its pool no longer has `health`.
+/// A reload's new `health` settings apply from the next check.
+pub fn spawn_checks<'a>(
+    servers: impl IntoIterator<Item = &'a Arc<Server>>,
+    stop: &CancellationToken,
+) {
+    for server in servers {
+        if server.settings().health.is_none() || !server.start_checking() {
+            continue;
+        }
+        let server = Arc::downgrade(server);
+        let checks = check_server(server.clone());
+        let stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = checks => {}
-                _ = shutdown.wait_for(|&stop| stop) => {}
+                () = stop.cancelled() => {}
+            }
+            if let Some(server) = server.upgrade() {
+                server.stop_checking();
             }
         });
     }
 }
 
-/// Checks one server for as long as it exists.
-async fn check_server(server: Weak<Server>, config: HealthConfig) {
-    let Some(address) = server.upgrade().map(|s| s.address) else {
+/// Checks one server for as long as it exists, stays in its pool and the
+/// pool has `health`.
+async fn check_server(server: Weak<Server>) {
+    let Some((address, first)) = server
+        .upgrade()
+        .and_then(|s| Some((s.address, s.settings().health.clone()?)))
+    else {
         return;
     };
-    let mut next = Instant::now() + schedule::initial_delay(config.interval, rand::random());
+    let mut next = Instant::now() + schedule::initial_delay(first.interval, rand::random());
     loop {
         tokio::time::sleep_until(next).await;
         let started = Instant::now();
+        let Some(config) = current_health(&server) else {
+            return;
+        };
         next = started + schedule::next_delay(config.interval, rand::random());
         let Some(maintenance) = in_maintenance(&server) else {
             return;
@@ -58,7 +74,7 @@ async fn check_server(server: Weak<Server>, config: HealthConfig) {
             let Some(server) = server.upgrade() else {
                 return;
             };
-            if server.state().admin != AdminState::Maintenance {
+            if verdict.counts && server.state().admin != AdminState::Maintenance {
                 tracing::debug!(
                     pool = %server.pool, server = %address, passed = verdict.passed,
                     cause = %verdict.cause, "health check"
@@ -67,6 +83,16 @@ async fn check_server(server: Weak<Server>, config: HealthConfig) {
             }
         }
     }
+}
+
+/// The server's health settings now; `None` once it is gone, removed by a
+/// reload, or its pool has no `health` any more.
+fn current_health(server: &Weak<Server>) -> Option<HealthConfig> {
+    let server = server.upgrade()?;
+    if server.is_removed() {
+        return None;
+    }
+    server.settings().health.clone()
 }
 
 /// Whether the server is in maintenance; `None` once it is gone.
@@ -84,7 +110,7 @@ mod tests {
 
     use tokio::net::TcpListener;
 
-    use crate::upstream::Health;
+    use crate::upstream::{Health, Pool};
 
     /// A pool `p` of one server at `address`, with `health` if given.
     fn pool(address: SocketAddr, health: &str) -> Arc<Pool> {
@@ -93,7 +119,7 @@ mod tests {
              [pool.p]\nservers = [\"{address}\"]\n{health}\n"
         );
         let config = crate::config::parse_str("test.toml", &toml).expect("a valid config");
-        Arc::new(Pool::new(config.pool("p").expect("pool p").clone()))
+        Arc::new(Pool::standalone(config.pool("p").expect("pool p").clone()))
     }
 
     /// A listener that counts the connections it accepts.
@@ -128,8 +154,8 @@ mod tests {
     #[tokio::test]
     async fn a_pool_without_health_is_not_checked() {
         let (address, accepted) = counting_listener().await;
-        let (_stop, shutdown) = watch::channel(false);
-        spawn_checks(&pool(address, ""), shutdown);
+        let stop = CancellationToken::new();
+        spawn_checks(&pool(address, "").servers, &stop);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 0);
     }
@@ -137,9 +163,9 @@ mod tests {
     #[tokio::test]
     async fn checks_stop_when_the_pool_is_dropped() {
         let (address, accepted) = counting_listener().await;
-        let (_stop, shutdown) = watch::channel(false);
+        let stop = CancellationToken::new();
         let pool = pool(address, HEALTH);
-        spawn_checks(&pool, shutdown);
+        spawn_checks(&pool.servers, &stop);
         wait_for_count(&accepted, 2).await;
         assert_eq!(pool.servers[0].state().health, Health::Up);
         drop(pool);
@@ -151,32 +177,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn checks_stop_when_shutdown_turns_true_or_its_sender_is_gone() {
-        for drop_sender in [false, true] {
-            let (address, accepted) = counting_listener().await;
-            let (stop, shutdown) = watch::channel(false);
-            let pool = pool(address, HEALTH);
-            spawn_checks(&pool, shutdown);
-            wait_for_count(&accepted, 2).await;
-            let _stop = match drop_sender {
-                true => {
-                    drop(stop);
-                    None
-                }
-                false => {
-                    stop.send_replace(true);
-                    Some(stop)
-                }
-            };
-            let at_stop = accepted.load(Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let after = accepted.load(Ordering::SeqCst) - at_stop;
-            assert!(
-                after <= 1,
-                "{after} checks after shutdown (sender dropped: {drop_sender})"
-            );
-            // The pool is alive all along: only the shutdown stopped the checks.
-            drop(pool);
-        }
+    async fn checks_stop_when_wharf_stops() {
+        let (address, accepted) = counting_listener().await;
+        let stop = CancellationToken::new();
+        let pool = pool(address, HEALTH);
+        spawn_checks(&pool.servers, &stop);
+        wait_for_count(&accepted, 2).await;
+        stop.cancel();
+        let at_stop = accepted.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = accepted.load(Ordering::SeqCst) - at_stop;
+        assert!(after <= 1, "{after} checks after wharf stopped");
+        // The pool is alive all along: only the stop ended the checks.
+        drop(pool);
     }
 }

@@ -10,7 +10,6 @@
 //! (`connect refused`, `HTTP 503`, `timed out after 500ms`), which becomes the
 //! cause of a state change.
 
-use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::HealthCheck;
+use crate::upstream::{ConnectError, connect_tcp};
 
 /// The `User-Agent` of HTTP checks, so that servers can tell them from users.
 pub const USER_AGENT: &str = "wharf-health";
@@ -30,6 +30,9 @@ pub const USER_AGENT: &str = "wharf-health";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub passed: bool,
+    /// False when wharf itself could not probe (out of file descriptors):
+    /// such a result says nothing of the server and is not recorded.
+    pub counts: bool,
     /// Why, in a few words.
     pub cause: String,
 }
@@ -38,6 +41,7 @@ impl Verdict {
     fn pass(cause: impl Into<String>) -> Self {
         Verdict {
             passed: true,
+            counts: true,
             cause: cause.into(),
         }
     }
@@ -45,6 +49,7 @@ impl Verdict {
     fn fail(cause: impl Into<String>) -> Self {
         Verdict {
             passed: false,
+            counts: true,
             cause: cause.into(),
         }
     }
@@ -54,8 +59,10 @@ impl Verdict {
 pub async fn probe(check: &HealthCheck, address: SocketAddr, timeout: Duration) -> Verdict {
     let probe = async {
         let verdict = match check {
-            HealthCheck::Tcp => connect(address).await.map(|_| Verdict::pass("connected")),
-            HealthCheck::Http { path, host } => http(address, path, host.as_deref()).await,
+            HealthCheck::Tcp => connect(address, timeout)
+                .await
+                .map(|_| Verdict::pass("connected")),
+            HealthCheck::Http { path, host } => http(address, path, host.as_deref(), timeout).await,
         };
         verdict.unwrap_or_else(|failure| failure)
     };
@@ -64,22 +71,29 @@ pub async fn probe(check: &HealthCheck, address: SocketAddr, timeout: Duration) 
         .unwrap_or_else(|_| Verdict::fail(format!("timed out after {timeout:?}")))
 }
 
-/// Opens a TCP connection; a failure is the verdict.
-async fn connect(address: SocketAddr) -> Result<TcpStream, Verdict> {
-    TcpStream::connect(address)
+/// Opens a TCP connection, as requests do; a failure is the verdict.
+async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, Verdict> {
+    connect_tcp(address, timeout, None)
         .await
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::ConnectionRefused => Verdict::fail("connect refused"),
+        .map_err(|e| match e {
+            ConnectError::Refused => Verdict::fail("connect refused"),
+            ConnectError::Local(_) => Verdict {
+                counts: false,
+                ..Verdict::fail(e.to_string())
+            },
             _ => Verdict::fail(format!("connect failed: {e}")),
         })
 }
 
 /// Sends `GET path` on a new connection and judges the response's status.
-async fn http(address: SocketAddr, path: &str, host: Option<&str>) -> Result<Verdict, Verdict> {
+async fn http(
+    address: SocketAddr,
+    path: &str,
+    host: Option<&str>,
+    timeout: Duration,
+) -> Result<Verdict, Verdict> {
     let request = request(address, path, host)?;
-    let stream = connect(address).await?;
-    // The request head goes in one write; no need to wait for Nagle.
-    let _ = stream.set_nodelay(true);
+    let stream = connect(address, timeout).await?;
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Verdict::fail(format!("HTTP handshake failed: {e}")))?;

@@ -14,6 +14,8 @@ use crate::upstream::{ConnectError, Unavailable};
 pub enum ProxyError {
     #[error("no route matches this request")]
     NoRoute,
+    #[error("the listener was removed by a reload")]
+    ListenerRemoved,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("method not allowed: {0}")]
@@ -41,7 +43,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::ClientAborted(_) => StatusCode::BAD_REQUEST,
             ProxyError::UploadStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unavailable(_)
+            | ProxyError::ListenerRemoved
+            | ProxyError::Connect(ConnectError::Local(_)) => StatusCode::SERVICE_UNAVAILABLE,
             // As nginx: a server that cannot be reached in time is a timeout.
             ProxyError::Connect(ConnectError::Timeout(_)) | ProxyError::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT

@@ -29,7 +29,9 @@ pub use body::ResponseBody;
 pub use error::ProxyError;
 pub use plaintext::serve_plaintext_answer;
 
-use crate::runtime::Shared;
+use tokio_util::sync::CancellationToken;
+
+use crate::snapshot::Shared;
 
 /// What wharf knows of a client connection, for every request on it.
 #[derive(Debug)]
@@ -38,8 +40,8 @@ pub struct ClientConnection {
     pub peer: SocketAddr,
     /// The address the client connected to.
     pub local: SocketAddr,
-    /// Index of the listener in the config snapshot.
-    pub listener: usize,
+    /// The listener's name: each request looks it up in the current snapshot.
+    pub listener: Arc<str>,
     /// `http` or `https`.
     pub proto: &'static str,
     /// The connection's place under the listener's `max_connections`, held
@@ -47,12 +49,20 @@ pub struct ClientConnection {
     pub slot: Option<OwnedSemaphorePermit>,
 }
 
-/// Serves one client connection (plain TCP or TLS) until it closes.
-pub async fn serve<I>(io: I, client: ClientConnection, shared: Arc<Shared>)
+/// Serves one client connection (plain TCP or TLS) until it closes. Once
+/// `stop` is cancelled, the request in flight finishes and the connection
+/// closes (an idle one at once).
+pub async fn serve<I>(io: I, client: ClientConnection, shared: Arc<Shared>, stop: CancellationToken)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeouts = shared.snapshot().config.listeners[client.listener].timeouts;
+    let Some(timeouts) = shared
+        .snapshot()
+        .listener(&client.listener)
+        .map(|l| l.timeouts)
+    else {
+        return;
+    };
     let client = Arc::new(client);
     let peer = client.peer;
     let service = service_fn(move |request| proxy::handle(request, client.clone(), shared.clone()));
@@ -68,7 +78,15 @@ where
         .header_read_timeout(timeouts.request_header)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    if let Err(e) = connection.await {
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         // hyper has already answered a malformed request with 400 and closed.
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
     }

@@ -21,9 +21,9 @@ use super::headers::{self, ClientInfo};
 use super::send::{return_when_idle, send_with_retries};
 use super::{ClientConnection, upgrade};
 use crate::config::RouteConfig;
-use crate::runtime::{Shared, Snapshot};
+use crate::snapshot::{Shared, Snapshot};
 use crate::sticky::{self, Sticky, engine_io::LearnSid};
-use crate::upstream::{Pool, Server, Upload, UpstreamBody};
+use crate::upstream::{ConnectError, Pool, Server, Upload, UpstreamBody};
 
 /// A failed request with what is known of where it was going, for the log.
 struct Failure {
@@ -52,8 +52,8 @@ pub async fn handle(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let listener = &snapshot.config.listeners[client.listener].name;
-    match forward(request, &client, &snapshot).await {
+    let listener = &client.listener;
+    match forward(request, &client, &snapshot, &shared).await {
         Ok(response) => {
             tracing::debug!(
                 listener = %listener, client = %client.peer, %method, %path,
@@ -61,6 +61,10 @@ pub async fn handle(
                 "proxied"
             );
             Ok(response)
+        }
+        Err(failure) if matches!(failure.error, ProxyError::Connect(ConnectError::Local(_))) => {
+            // Logged once per episode where it happened (crate::fd).
+            Ok(error_response(&failure.error))
         }
         Err(failure) => {
             let status = failure.error.status();
@@ -98,12 +102,15 @@ async fn forward(
     mut request: Request<Incoming>,
     client: &Arc<ClientConnection>,
     snapshot: &Snapshot,
+    shared: &Shared,
 ) -> Result<Response<ResponseBody>, Failure> {
     if request.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed("CONNECT").into());
     }
     let host = request_host(&request)?;
-    let listener = &snapshot.config.listeners[client.listener];
+    let listener = snapshot
+        .listener(&client.listener)
+        .ok_or(ProxyError::ListenerRemoved)?;
     let route = crate::route::find(&listener.routes, host.as_deref(), request.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     let pool = snapshot.pool(&route.pool).ok_or(ProxyError::NoRoute)?;
@@ -116,6 +123,7 @@ async fn forward(
         request.headers(),
         request.uri(),
         client.peer.ip(),
+        &|address| pool.position_of(address),
     );
     let (mut upstream_request, upload) =
         rewrite_request(request, client, host.as_deref(), &upgrades)?;
@@ -157,16 +165,17 @@ async fn forward(
             guard,
             pool.config.timeouts.tunnel_idle,
             client.clone(),
+            &shared.tasks,
         ));
     }
 
-    let server_index = server.index;
+    let server_address = server.address;
     return_when_idle(connection, server);
     let (mut parts, incoming) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     let counted = Counted::new(incoming, guard);
     let body = if affinity.engine_io_handshake && parts.status.is_success() {
-        LearnSid::new(counted, pool.clone(), server_index).boxed()
+        LearnSid::new(counted, pool.clone(), server_address).boxed()
     } else {
         counted.boxed()
     };
@@ -184,12 +193,18 @@ fn pin_client(
     response_headers: &mut HeaderMap,
 ) {
     match &pool.sticky {
-        Some(Sticky::Cookie(cookies)) if affinity.pinned != Some(server.index) => {
-            if let Some(cookie) = cookies.set_cookie(server.index, client.proto == "https") {
+        Some(Sticky::Cookie(cookies)) => {
+            let position = pool.position_of(server.address);
+            if affinity.pinned != position
+                && let Some(cookie) =
+                    position.and_then(|p| cookies.set_cookie(p, client.proto == "https"))
+            {
                 response_headers.append(header::SET_COOKIE, cookie);
             }
         }
-        Some(sticky) => sticky.learn_from_response(server.index, response_headers, Instant::now()),
+        Some(sticky) => {
+            sticky.learn_from_response(server.address, response_headers, Instant::now())
+        }
         None => {}
     }
 }

@@ -86,6 +86,9 @@ pub async fn send_with_retries(
             }
             Err(SendError { error, unsent }) => {
                 let outcome = match error {
+                    // wharf's own trouble (out of descriptors): nobody's fault
+                    // but ours, and another server would fare no better.
+                    ProxyError::Connect(ref e) if !e.is_server_fault() => None,
                     ProxyError::Connect(_) => Some(Outcome::ConnectFailure),
                     ProxyError::ClientAborted(_) | ProxyError::UploadStalled(_) => None,
                     _ => Some(Outcome::ServerError),
@@ -169,7 +172,7 @@ struct Sending<'a> {
     /// A copy to send again, if the request is idempotent and bodiless.
     replay: Option<&'a Replay>,
     /// The PROXY header that starts every connection, when the pool sends
-    /// one (such pools keep no idle connections: see `upstream::Pool::new`).
+    /// one (such pools keep no idle connections: see `upstream::Server::configure`).
     proxy_header: Option<&'a [u8]>,
 }
 

@@ -11,6 +11,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use tokio_util::task::TaskTracker;
 
 use super::body::{self, ResponseBody};
 use super::{ClientConnection, headers};
@@ -26,6 +27,7 @@ pub fn start_tunnel(
     guard: ActiveGuard,
     idle_timeout: Duration,
     connection: Arc<ClientConnection>,
+    tasks: &TaskTracker,
 ) -> Response<ResponseBody> {
     let server_upgrade = hyper::upgrade::on(&mut server_response);
     let (mut parts, _) = server_response.into_parts();
@@ -33,7 +35,8 @@ pub fn start_tunnel(
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::set_upgrade(&mut parts.headers, &protocol);
 
-    tokio::spawn(async move {
+    // Tracked, so that shutdown waits for the tunnel to end.
+    tasks.spawn(async move {
         // Holding the client connection keeps its listener slot taken.
         let client = connection.peer;
         let server = guard.server().address;

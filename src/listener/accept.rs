@@ -1,13 +1,17 @@
 //! Accepting under a connection limit: at the limit, stop accepting (the
 //! kernel's backlog holds newcomers) rather than accept and fail; on accept
-//! errors (usually out of file descriptors), back off instead of spinning.
+//! errors, back off instead of spinning. Running out of file descriptors is
+//! wharf's own trouble: logged once per episode, never anyone else's fault.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::fd::{is_out_of_files, report_exhausted, report_recovered};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -16,61 +20,76 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub struct Acceptor {
     socket: TcpListener,
     limit: Arc<Semaphore>,
-    max: usize,
     /// What the socket is, for logs (`listener public`, `admin`).
     what: String,
     backoff: Duration,
     /// Whether the limit was reached and said so, to log once per episode.
     at_limit: bool,
+    /// Whether accept failed for want of descriptors (then backs off).
+    out_of_files: bool,
 }
 
 impl Acceptor {
-    pub fn new(socket: TcpListener, max_connections: usize, what: String) -> Self {
+    /// Accepts on `socket` while `limit` has places.
+    pub fn new(socket: TcpListener, limit: Arc<Semaphore>, what: String) -> Self {
         Acceptor {
             socket,
-            limit: Arc::new(Semaphore::new(max_connections)),
-            max: max_connections,
+            limit,
             what,
             backoff: FIRST_BACKOFF,
             at_limit: false,
+            out_of_files: false,
         }
     }
 
     /// The next connection, with its place under the limit (held until the
-    /// connection ends); `None` once `shutdown` turns true.
+    /// connection ends); `None` once `stop` is cancelled.
     pub async fn next(
         &mut self,
-        shutdown: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
     ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
         loop {
-            if *shutdown.borrow_and_update() {
+            if stop.is_cancelled() {
                 return None;
             }
             let full = self.limit.available_permits() == 0;
             if full && !self.at_limit {
-                tracing::warn!(what = %self.what, max_connections = self.max, "connection limit reached; not accepting");
+                tracing::warn!(what = %self.what, "connection limit reached; not accepting");
             }
             self.at_limit = full;
             let permit = tokio::select! {
                 permit = self.limit.clone().acquire_owned() => permit.ok()?,
-                _ = shutdown.changed() => return None,
+                () = stop.cancelled() => return None,
             };
             let accepted = tokio::select! {
                 accepted = self.socket.accept() => accepted,
-                _ = shutdown.changed() => return None,
+                () = stop.cancelled() => return None,
             };
             match accepted {
                 Ok((stream, peer)) => {
                     self.backoff = FIRST_BACKOFF;
+                    if self.out_of_files {
+                        self.out_of_files = false;
+                        report_recovered();
+                    }
                     let _ = stream.set_nodelay(true);
                     return Some((stream, peer, permit));
                 }
+                Err(e) if is_out_of_files(&e) => {
+                    report_exhausted(&self.what, &e);
+                    self.out_of_files = true;
+                    self.back_off().await;
+                }
                 Err(e) => {
                     tracing::warn!(what = %self.what, error = %e, "accept failed; backing off {:?}", self.backoff);
-                    tokio::time::sleep(self.backoff).await;
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    self.back_off().await;
                 }
             }
         }
+    }
+
+    async fn back_off(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 }

@@ -1,47 +1,42 @@
-//! Listener: accepts client connections on one bound port and hands each to
-//! [`connection::handle`], which reads a PROXY header, sniffs the protocol
-//! and passes the connection on (TLS, HTTP, Flash policy, TCP pool). Caps
-//! the open connections: at the limit it stops accepting (the kernel's
-//! backlog holds newcomers) rather than failing them.
+//! Listener: accepts connections on one bound socket under a connection
+//! limit, backing off on accept errors, and hands each connection on. It
+//! knows nothing of what the connection speaks: that is [`crate::front`].
 
 mod accept;
-mod client_hello;
-mod connection;
-pub mod sniff;
 
 pub use accept::Acceptor;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 
-use crate::runtime::Shared;
+/// A connection as accepted, before anything was read from it.
+#[derive(Debug)]
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// Its place under the listener's `max_connections`, held until it ends.
+    pub slot: OwnedSemaphorePermit,
+}
 
-/// Accepts until `shutdown` turns true.
+/// Accepts until `stop` is cancelled, giving each connection to `handle`.
 pub async fn accept_loop(
-    socket: TcpListener,
-    index: usize,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    mut acceptor: Acceptor,
+    stop: CancellationToken,
+    handle: impl Fn(Accepted),
 ) {
-    let (name, max_connections) = {
-        let snapshot = shared.snapshot();
-        let config = &snapshot.config.listeners[index];
-        (config.name.clone(), config.max_connections)
-    };
-    let mut acceptor = Acceptor::new(socket, max_connections, format!("listener {name}"));
-    while let Some((stream, peer, slot)) = acceptor.next(&mut shutdown).await {
+    while let Some((stream, peer, slot)) = acceptor.next(&stop).await {
         let Ok(local) = stream.local_addr() else {
             continue;
         };
-        let accepted = connection::Accepted {
+        handle(Accepted {
             stream,
             peer,
             local,
-            listener: index,
             slot,
-        };
-        tokio::spawn(connection::handle(accepted, shared.clone()));
+        });
     }
 }

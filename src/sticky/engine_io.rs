@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use std::net::SocketAddr;
+
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 
@@ -28,14 +30,14 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         pool: Arc<Pool>,
-        server: usize,
+        server: SocketAddr,
         seen: Vec<u8>,
         done: bool,
     }
 }
 
 impl<B> LearnSid<B> {
-    pub fn new(inner: B, pool: Arc<Pool>, server: usize) -> Self {
+    pub fn new(inner: B, pool: Arc<Pool>, server: SocketAddr) -> Self {
         LearnSid {
             inner,
             pool,

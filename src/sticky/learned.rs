@@ -10,40 +10,44 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
-struct Entry {
-    server: usize,
+struct Entry<S> {
+    server: S,
     last_seen: Instant,
 }
 
-#[derive(Debug, Default)]
-struct Table {
-    entries: HashMap<String, Entry>,
+#[derive(Debug)]
+struct Table<S> {
+    entries: HashMap<String, Entry<S>>,
     /// Keys in queue order with the time they were queued.
     order: VecDeque<(String, Instant)>,
 }
 
+/// Session keys and the server (`S`: its address) that owns each.
 #[derive(Debug)]
-pub struct LearnedSessions {
+pub struct LearnedSessions<S = std::net::SocketAddr> {
     capacity: usize,
     expiry: Duration,
-    table: Mutex<Table>,
+    table: Mutex<Table<S>>,
 }
 
 /// Session keys longer than this are not remembered (a hostile server or
 /// client must not make wharf store large strings).
 const MAX_KEY_LEN: usize = 256;
 
-impl LearnedSessions {
+impl<S: Copy + PartialEq> LearnedSessions<S> {
     pub fn new(capacity: usize, expiry: Duration) -> Self {
         LearnedSessions {
             capacity: capacity.max(1),
             expiry,
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Table {
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+            }),
         }
     }
 
     /// Remembers that `key` belongs to `server`.
-    pub fn insert(&self, key: String, server: usize, now: Instant) {
+    pub fn insert(&self, key: String, server: S, now: Instant) {
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             return;
         }
@@ -81,7 +85,7 @@ impl LearnedSessions {
     }
 
     /// The server owning `key`, if known and not expired; marks it seen.
-    pub fn get(&self, key: &str, now: Instant) -> Option<usize> {
+    pub fn get(&self, key: &str, now: Instant) -> Option<S> {
         let mut table = self.lock();
         let entry = table.entries.get_mut(key)?;
         if now.duration_since(entry.last_seen) >= self.expiry {
@@ -92,7 +96,7 @@ impl LearnedSessions {
     }
 
     /// Forgets every session of `server`.
-    pub fn forget_server(&self, server: usize) {
+    pub fn forget_server(&self, server: S) {
         let mut table = self.lock();
         table.entries.retain(|_, e| e.server != server);
         let Table { entries, order } = &mut *table;
@@ -108,7 +112,7 @@ impl LearnedSessions {
     }
 
     /// Drops expired entries from the front, giving seen ones a second chance.
-    fn evict(&self, table: &mut Table, now: Instant) {
+    fn evict(&self, table: &mut Table<S>, now: Instant) {
         // Bounded work per call: at most the queue's length.
         for _ in 0..table.order.len() {
             let Some((key, queued)) = table.order.front().cloned() else {
@@ -130,7 +134,7 @@ impl LearnedSessions {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table<S>> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -142,7 +146,7 @@ mod tests {
     #[test]
     fn remembers_and_expires() {
         let t0 = Instant::now();
-        let sessions = LearnedSessions::new(10, Duration::from_secs(60));
+        let sessions = LearnedSessions::<usize>::new(10, Duration::from_secs(60));
         sessions.insert("a".into(), 2, t0);
         assert_eq!(sessions.get("a", t0 + Duration::from_secs(30)), Some(2));
         // Seen at 30s: alive until 90s.
@@ -154,7 +158,7 @@ mod tests {
     #[test]
     fn bounded_by_capacity_oldest_first() {
         let t0 = Instant::now();
-        let sessions = LearnedSessions::new(3, Duration::from_secs(60));
+        let sessions = LearnedSessions::<usize>::new(3, Duration::from_secs(60));
         for (i, key) in ["a", "b", "c", "d"].iter().enumerate() {
             sessions.insert((*key).into(), i, t0);
         }
@@ -166,7 +170,7 @@ mod tests {
     #[test]
     fn a_full_table_evicts_an_unseen_session_before_a_busy_one() {
         let t0 = Instant::now();
-        let sessions = LearnedSessions::new(3, Duration::from_secs(600));
+        let sessions = LearnedSessions::<usize>::new(3, Duration::from_secs(600));
         sessions.insert("busy".into(), 0, t0);
         sessions.insert("idle-1".into(), 1, t0);
         sessions.insert("idle-2".into(), 2, t0);
@@ -184,7 +188,7 @@ mod tests {
     #[test]
     fn expired_entries_leave_and_seen_ones_stay() {
         let t0 = Instant::now();
-        let sessions = LearnedSessions::new(100, Duration::from_secs(10));
+        let sessions = LearnedSessions::<usize>::new(100, Duration::from_secs(10));
         sessions.insert("old".into(), 0, t0);
         sessions.insert("busy".into(), 1, t0);
         assert_eq!(sessions.get("busy", t0 + Duration::from_secs(8)), Some(1));
@@ -196,7 +200,7 @@ mod tests {
     #[test]
     fn forget_server_and_hostile_keys() {
         let t0 = Instant::now();
-        let sessions = LearnedSessions::new(10, Duration::from_secs(60));
+        let sessions = LearnedSessions::<usize>::new(10, Duration::from_secs(60));
         sessions.insert("a".into(), 0, t0);
         sessions.insert("b".into(), 1, t0);
         sessions.forget_server(0);

@@ -17,7 +17,8 @@ pub mod engine_io;
 pub mod key;
 pub mod learned;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderMap, Uri};
@@ -29,7 +30,7 @@ use learned::LearnedSessions;
 /// Where a request would like to go, worked out before choosing a server.
 #[derive(Debug, Default, Clone)]
 pub struct Affinity {
-    /// A server (by index in the pool) the request is pinned to.
+    /// A server (by its position in this snapshot's pool) the request is pinned to.
     pub pinned: Option<usize>,
     /// The hash of the request's key, for a hashing pool.
     pub hash: Option<u64>,
@@ -43,13 +44,20 @@ pub enum Sticky {
     Cookie(StickyCookies),
     Learn {
         source: LearnSource,
-        sessions: LearnedSessions,
+        /// Kept in the pool's live state, so that a reload keeps what was learned.
+        sessions: Arc<LearnedSessions>,
     },
 }
 
 impl Sticky {
-    /// Builds the pool's stickiness for its servers (`addresses` in pool order).
-    pub fn new(config: &PoolConfig, addresses: &[String]) -> Option<Sticky> {
+    /// Builds the pool's stickiness for its servers (`addresses` in pool
+    /// order); a learning pool keeps its sessions in `sessions`, which
+    /// outlives this snapshot.
+    pub fn new(
+        config: &PoolConfig,
+        addresses: &[String],
+        sessions: impl FnOnce() -> Arc<LearnedSessions>,
+    ) -> Option<Sticky> {
         match config.sticky.as_ref()? {
             StickyConfig::Cookie(cookie) => Some(Sticky::Cookie(StickyCookies::new(
                 cookie,
@@ -58,25 +66,34 @@ impl Sticky {
             ))),
             StickyConfig::Learn(learn) => Some(Sticky::Learn {
                 source: learn.source.clone(),
-                sessions: LearnedSessions::new(learn.table_size, learn.expiry),
+                sessions: sessions(),
             }),
         }
     }
 
-    /// The server the request is pinned to, if any, and whether it opens an
+    /// The server the request is pinned to (its position, found by
+    /// `position_of` for a learned address), and whether it opens an
     /// Engine.IO session.
-    fn pin(&self, headers: &HeaderMap, uri: &Uri, now: Instant) -> (Option<usize>, bool) {
+    fn pin(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        now: Instant,
+        position_of: &dyn Fn(SocketAddr) -> Option<usize>,
+    ) -> (Option<usize>, bool) {
+        let learned =
+            |sessions: &LearnedSessions, key: &str| sessions.get(key, now).and_then(position_of);
         match self {
             Sticky::Cookie(cookies) => (cookies.server_of(headers), false),
             Sticky::Learn { source, sessions } => match source {
                 LearnSource::Cookie(name) => {
                     let session = cookie::find(headers, name);
-                    (session.and_then(|s| sessions.get(s, now)), false)
+                    (session.and_then(|s| learned(sessions, s)), false)
                 }
                 LearnSource::EngineIo => {
                     let query = uri.query().unwrap_or("");
                     match key::query_param(query, "sid") {
-                        Some(sid) => (sessions.get(sid, now), false),
+                        Some(sid) => (learned(sessions, sid), false),
                         None => (None, key::query_param(query, "EIO").is_some()),
                     }
                 }
@@ -92,7 +109,7 @@ impl Sticky {
     }
 
     /// Learns a session from the response of `server`, where the source is a cookie.
-    pub fn learn_from_response(&self, server: usize, headers: &HeaderMap, now: Instant) {
+    pub fn learn_from_response(&self, server: SocketAddr, headers: &HeaderMap, now: Instant) {
         if let Sticky::Learn {
             source: LearnSource::Cookie(name),
             sessions,
@@ -105,14 +122,14 @@ impl Sticky {
     }
 
     /// Remembers a learned session key (Engine.IO `sid`).
-    pub fn learn(&self, key: String, server: usize, now: Instant) {
+    pub fn learn(&self, key: String, server: SocketAddr, now: Instant) {
         if let Sticky::Learn { sessions, .. } = self {
             sessions.insert(key, server, now);
         }
     }
 
     /// Forgets every learned session of a server that left the pool.
-    pub fn forget_server(&self, server: usize) {
+    pub fn forget_server(&self, server: SocketAddr) {
         if let Sticky::Learn { sessions, .. } = self {
             sessions.forget_server(server);
         }
@@ -126,9 +143,11 @@ pub fn affinity(
     headers: &HeaderMap,
     uri: &Uri,
     client_ip: IpAddr,
+    position_of: &dyn Fn(SocketAddr) -> Option<usize>,
 ) -> Affinity {
-    let (pinned, engine_io_handshake) =
-        sticky.map_or((None, false), |s| s.pin(headers, uri, Instant::now()));
+    let (pinned, engine_io_handshake) = sticky.map_or((None, false), |s| {
+        s.pin(headers, uri, Instant::now(), position_of)
+    });
     Affinity {
         pinned,
         hash: hash.and_then(|key| key::hash_of(key, headers, uri, client_ip)),

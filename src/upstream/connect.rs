@@ -1,4 +1,7 @@
-//! Opening a new HTTP/1.1 connection to a server.
+//! Connecting to a server: the one way wharf opens a connection to a server,
+//! for HTTP, TCP pools and health checks alike (connect timeout, no Nagle,
+//! the PROXY header first if the pool sends one), and a new HTTP/1.1
+//! connection over it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,32 +31,68 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("connect failed: {0}")]
     Io(#[from] io::Error),
+    /// wharf itself is out of file descriptors or local ports: not the
+    /// server's fault, never counted against it.
+    #[error("wharf is out of local resources: {0}")]
+    Local(#[source] io::Error),
+    #[error("sending the PROXY header timed out")]
+    ProxyHeaderTimeout,
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
 }
 
-/// Connects to `address` within `timeout`, sends `proxy_header` first if
-/// given, and starts the HTTP/1.1 client connection task (with upgrades
-/// enabled, so a 101 can become a tunnel).
-pub async fn connect_http(
+impl ConnectError {
+    /// Whether the server is to blame (passive health counts it).
+    pub fn is_server_fault(&self) -> bool {
+        !matches!(self, ConnectError::Local(_))
+    }
+}
+
+/// Connects to `address` within `timeout` and sends `proxy_header` first if
+/// given (within the same timeout: a server that does not read it is as
+/// good as unreachable).
+pub async fn connect_tcp(
     address: SocketAddr,
     timeout: Duration,
     proxy_header: Option<&[u8]>,
-) -> Result<Connection, ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+) -> Result<TcpStream, ConnectError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(address)).await {
         Err(_) => return Err(ConnectError::Timeout(timeout)),
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
             return Err(ConnectError::Refused);
         }
+        Ok(Err(e)) if crate::fd::is_out_of_files(&e) => {
+            crate::fd::report_exhausted("connect", &e);
+            return Err(ConnectError::Local(e));
+        }
         Ok(Err(e)) => return Err(ConnectError::Io(e)),
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(stream)) => {
+            crate::fd::report_recovered();
+            stream
+        }
     };
     // Small writes (websocket frames, request heads) must not wait for Nagle.
     stream.set_nodelay(true)?;
     let mut stream = stream;
     if let Some(header) = proxy_header {
-        tokio::io::AsyncWriteExt::write_all(&mut stream, header).await?;
+        let write = tokio::io::AsyncWriteExt::write_all(&mut stream, header);
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ConnectError::ProxyHeaderTimeout),
+        }
     }
+    Ok(stream)
+}
+
+/// Connects as [`connect_tcp`] does and starts the HTTP/1.1 client
+/// connection task (with upgrades enabled, so a 101 can become a tunnel).
+pub async fn connect_http(
+    address: SocketAddr,
+    timeout: Duration,
+    proxy_header: Option<&[u8]>,
+) -> Result<Connection, ConnectError> {
+    let stream = connect_tcp(address, timeout, proxy_header).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

@@ -12,27 +12,45 @@ use super::Connection;
 
 #[derive(Debug)]
 pub struct IdlePool {
+    inner: Mutex<Idle>,
+}
+
+#[derive(Debug)]
+struct Idle {
     max: usize,
     idle_timeout: Duration,
     /// Most recently used at the back: reused first, as it is the most likely alive.
-    connections: Mutex<VecDeque<(Connection, Instant)>>,
+    connections: VecDeque<(Connection, Instant)>,
 }
 
 impl IdlePool {
     pub fn new(max: usize, idle_timeout: Duration) -> Self {
         IdlePool {
-            max,
-            idle_timeout,
-            connections: Mutex::new(VecDeque::new()),
+            inner: Mutex::new(Idle {
+                max,
+                idle_timeout,
+                connections: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// New limits (a reload); connections beyond the new count are closed.
+    pub fn set_limits(&self, max: usize, idle_timeout: Duration) {
+        let mut idle = self.lock();
+        idle.max = max;
+        idle.idle_timeout = idle_timeout;
+        while idle.connections.len() > max {
+            idle.connections.pop_front();
         }
     }
 
     /// Takes a live idle connection, if there is one.
     pub fn take(&self) -> Option<Connection> {
-        let mut connections = self.lock();
+        let mut idle = self.lock();
+        let idle_timeout = idle.idle_timeout;
         let now = Instant::now();
-        while let Some((connection, since)) = connections.pop_back() {
-            if now.duration_since(since) < self.idle_timeout
+        while let Some((connection, since)) = idle.connections.pop_back() {
+            if now.duration_since(since) < idle_timeout
                 && !connection.is_closed()
                 && connection.is_ready()
             {
@@ -44,40 +62,45 @@ impl IdlePool {
 
     /// Keeps `connection` for reuse if there is room; otherwise drops (closes) it.
     pub fn put(&self, connection: Connection) {
-        if self.max == 0 || connection.is_closed() || !connection.is_ready() {
+        if connection.is_closed() || !connection.is_ready() {
             return;
         }
-        let mut connections = self.lock();
-        if connections.len() >= self.max {
-            // The oldest is the least likely to be reused in time.
-            connections.pop_front();
+        let mut idle = self.lock();
+        if idle.max == 0 {
+            return;
         }
-        connections.push_back((connection, Instant::now()));
+        if idle.connections.len() >= idle.max {
+            // The oldest is the least likely to be reused in time.
+            idle.connections.pop_front();
+        }
+        idle.connections.push_back((connection, Instant::now()));
     }
 
     /// Closes connections idle for longer than the timeout or closed by the server.
     pub fn expire(&self) {
         let now = Instant::now();
-        self.lock().retain(|(connection, since)| {
-            now.duration_since(*since) < self.idle_timeout && !connection.is_closed()
+        let mut idle = self.lock();
+        let idle_timeout = idle.idle_timeout;
+        idle.connections.retain(|(connection, since)| {
+            now.duration_since(*since) < idle_timeout && !connection.is_closed()
         });
     }
 
     /// Closes every idle connection.
     pub fn clear(&self) {
-        self.lock().clear();
+        self.lock().connections.clear();
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().connections.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Connection, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         // A panic while holding this lock cannot leave the deque inconsistent.
-        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

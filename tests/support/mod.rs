@@ -335,6 +335,7 @@ pub enum Behaviour {
     /// - `/slow/MS`: answers after MS milliseconds;
     /// - `/status/N`: answers with status N;
     /// - `/hold`: answers once the test calls [`Backend::release_held`].
+    /// - `/ws-echo`: a WebSocket handshake, then every data message echoed;
     /// - `/trailers`: a chunked body `data` and the trailer `x-checksum: 1234`,
     ///   declared in a `Trailer` header.
     ///
@@ -401,6 +402,8 @@ struct State {
     release: watch::Sender<u64>,
     /// Request body bytes read by `/verify`.
     body_bytes: AtomicU64,
+    /// WebSockets open now (`/ws-echo`).
+    websockets: Arc<AtomicUsize>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -445,6 +448,7 @@ impl Backend {
             held: watch::Sender::new(0),
             release: watch::Sender::new(0),
             body_bytes: AtomicU64::new(0),
+            websockets: Arc::new(AtomicUsize::new(0)),
             seen: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(accept_loop(listener, state.clone()));
@@ -459,6 +463,11 @@ impl Backend {
     /// Requests seen so far.
     pub fn requests(&self) -> usize {
         *self.state.requests.borrow()
+    }
+
+    /// WebSockets open now on `/ws-echo`.
+    pub fn websockets(&self) -> usize {
+        self.state.websockets.load(Ordering::SeqCst)
     }
 
     /// TCP connections accepted so far.
@@ -555,6 +564,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             };
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
         });
     }
@@ -621,6 +631,8 @@ async fn special(request: Request<Incoming>, state: &State, generation: u64) -> 
     let arg = |prefix: &str| -> Option<u64> { path.strip_prefix(prefix)?.parse().ok() };
     if path == "/echo" {
         echo(request)
+    } else if path == "/ws-echo" {
+        ws_echo(request, state)
     } else if let Some(len) = arg("/generate/") {
         generated(len, false)
     } else if let Some(len) = arg("/generate-chunked/") {
@@ -670,6 +682,51 @@ fn named<B>(state: &State, request: &Request<B>, status: StatusCode) -> Response
             HeaderValue::from_str(value.trim()).expect("header value"),
         );
     }
+    response
+}
+
+/// Accepts a WebSocket handshake and echoes every data message (tungstenite
+/// answers pings and closes); the socket counts in `websockets` while open.
+fn ws_echo(mut request: Request<Incoming>, state: &State) -> Response<TestBody> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let Some(key) = request.headers().get("sec-websocket-key").cloned() else {
+        return named(state, &request, StatusCode::BAD_REQUEST);
+    };
+    let upgrade = hyper::upgrade::on(&mut request);
+    let open = state.websockets.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        open.fetch_add(1, Ordering::SeqCst);
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        use futures_util::{SinkExt, StreamExt};
+        while let Some(Ok(message)) = ws.next().await {
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                break;
+            }
+        }
+        open.fetch_sub(1, Ordering::SeqCst);
+    });
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let accept = derive_accept_key(key.as_bytes());
+    headers.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&accept).expect("base64 is header-safe"),
+    );
+    headers.insert(
+        "x-backend",
+        HeaderValue::from_str(&state.name).expect("a header-safe name"),
+    );
     response
 }
 
@@ -1124,4 +1181,86 @@ pub fn proc_status_bytes(field: &str) -> u64 {
 /// The process's peak resident set size so far.
 pub fn peak_rss() -> u64 {
     proc_status_bytes("VmHWM")
+}
+
+// ------------------------------------------------------------------ files, TLS, WebSockets
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "wharf-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir(path)
+    }
+
+    /// Writes `text` to `name` in the directory; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write a temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The DER of the certificate a TLS server at `addr` presents (any
+/// certificate accepted).
+pub async fn presented_certificate(addr: SocketAddr) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(accept_any::AcceptAny(provider)))
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.expect("connect for TLS");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+    let tls = within(
+        "a TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake");
+    tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+/// A WebSocket client over plain TCP.
+pub type WsClient =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket to `path` (a backend's `/ws-echo`) through `addr`.
+pub async fn ws_connect(addr: SocketAddr, path: &str) -> WsClient {
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = within(
+        "a WebSocket handshake",
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .expect("WebSocket handshake");
+    ws
+}
+
+/// Sends `text` on `ws` and expects it echoed.
+pub async fn ws_echo(ws: &mut WsClient, text: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    within("a WebSocket send", ws.send(Message::text(text)))
+        .await
+        .expect("send on the WebSocket");
+    let reply = within("a WebSocket echo", ws.next())
+        .await
+        .expect("the WebSocket is open")
+        .expect("a message");
+    assert_eq!(reply, Message::text(text), "echo of {text}");
 }

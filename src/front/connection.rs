@@ -7,36 +7,35 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::client_hello;
 use super::sniff::{self, Protocol, peek_more};
 use crate::config::{ListenerConfig, Plaintext};
 use crate::http::{self, ClientConnection};
+use crate::listener::Accepted;
 use crate::proxy_protocol::{self, ProxyHeader};
-use crate::runtime::{Shared, Snapshot};
+use crate::snapshot::{Shared, Snapshot};
 use crate::tcp::{self, TcpClient};
 
-/// A connection as accepted, before anything was read from it.
-pub struct Accepted {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    pub listener: usize,
-    /// Its place under the listener's `max_connections`.
-    pub slot: OwnedSemaphorePermit,
-}
-
-/// Serves one connection until it ends.
-pub async fn handle(accepted: Accepted, shared: Arc<Shared>) {
+/// Serves one connection of the listener called `listener` until it ends.
+/// `stop` asks it to finish its request in flight and close (the listener
+/// was removed, or wharf is stopping).
+pub async fn handle(
+    accepted: Accepted,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
     let snapshot = shared.snapshot();
-    let config = &snapshot.config.listeners[accepted.listener];
+    let Some(config) = snapshot.listener(&listener) else {
+        return;
+    };
     let Accepted {
         mut stream,
         peer,
         local,
-        listener,
         slot,
     } = accepted;
     // One deadline from accept for everything before the protocol is known;
@@ -68,30 +67,28 @@ pub async fn handle(accepted: Accepted, shared: Arc<Shared>) {
     let client = |proto| ClientConnection {
         peer,
         local,
-        listener,
+        listener: listener.clone(),
         proto,
         slot: Some(slot),
     };
     match protocol {
         Protocol::Http => match config.tls.as_ref().map(|tls| tls.plaintext) {
             None | Some(Plaintext::Serve) => {
-                http::serve(stream, client("http"), shared.clone()).await
+                http::serve(stream, client("http"), shared.clone(), stop.clone()).await
             }
             Some(answer) => {
                 http::serve_plaintext_answer(stream, answer, config.timeouts.request_header).await
             }
         },
         Protocol::Tls => {
-            tls(
-                stream,
-                from,
-                handshake_deadline,
+            let https = client("https");
+            let front = Front {
                 config,
-                &snapshot,
-                client("https"),
-                &shared,
-            )
-            .await
+                snapshot: &snapshot,
+                shared: &shared,
+                stop: &stop,
+            };
+            tls(stream, from, handshake_deadline, front, https).await
         }
         Protocol::FlashPolicy if config.flash_policy.is_some() => {
             let policy = config.flash_policy.as_deref().unwrap_or_default();
@@ -111,7 +108,7 @@ pub async fn handle(accepted: Accepted, shared: Arc<Shared>) {
         Protocol::FlashPolicy | Protocol::Other => {
             match config.tls.as_ref().map(|tls| tls.plaintext) {
                 None | Some(Plaintext::Serve) => {
-                    http::serve(stream, client("http"), shared.clone()).await
+                    http::serve(stream, client("http"), shared.clone(), stop.clone()).await
                 }
                 Some(answer) => {
                     http::serve_plaintext_answer(stream, answer, config.timeouts.request_header)
@@ -169,17 +166,29 @@ async fn client_addresses(
     }
 }
 
+/// What the TLS step needs of the connection's surroundings.
+struct Front<'a> {
+    config: &'a ListenerConfig,
+    snapshot: &'a Snapshot,
+    shared: &'a Arc<Shared>,
+    stop: &'a CancellationToken,
+}
+
 /// A TLS ClientHello: passed through to a TCP pool if a route names its SNI,
 /// else terminated and served as HTTPS, else handed to the TCP pool.
 async fn tls(
     stream: TcpStream,
     from: TcpClient,
     deadline: Instant,
-    config: &ListenerConfig,
-    snapshot: &Snapshot,
+    front: Front<'_>,
     client: ClientConnection,
-    shared: &Arc<Shared>,
 ) {
+    let Front {
+        config,
+        snapshot,
+        shared,
+        stop,
+    } = front;
     if crate::route::has_sni_routes(&config.routes) {
         let name = client_hello::peek_server_name(&stream, deadline)
             .await
@@ -194,13 +203,13 @@ async fn tls(
             return;
         }
     }
-    let Some(terminator) = snapshot.tls(client.listener) else {
+    let Some(terminator) = snapshot.tls(&client.listener) else {
         to_tcp_pool(stream, from, config, snapshot).await;
         return;
     };
     let handshake = tokio::time::timeout_at(deadline, terminator.accept(stream)).await;
     match handshake {
-        Ok(Ok(tls)) => http::serve(tls, client, shared.clone()).await,
+        Ok(Ok(tls)) => http::serve(tls, client, shared.clone(), stop.clone()).await,
         Ok(Err(e)) => {
             tracing::info!(listener = %config.name, peer = %from.peer, error = %e, "TLS handshake failed")
         }

@@ -1,0 +1,319 @@
+//! One server's live state: health and admin state, load, idle connections,
+//! drain. A server is known by its identity (pool name, address); the same
+//! [`Server`] lives on across reloads, which only change its settings.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, watch};
+
+use super::idle::IdlePool;
+use super::state::{AdminState, Change, Outcome, ServerState};
+use crate::config::PoolConfig;
+
+/// Cause recorded when a reload takes a server out of its pool.
+const REMOVED_BY_RELOAD: &str = "removed from the config by a reload";
+
+/// One server of a pool, with the state that changes while wharf runs.
+#[derive(Debug)]
+pub struct Server {
+    pub address: SocketAddr,
+    /// The pool this server belongs to: with `address`, its identity.
+    pub pool: String,
+    weight: AtomicU32,
+    /// Requests in flight plus open tunnels; what `least_conn` balances on
+    /// and `max_connections` limits.
+    active: AtomicUsize,
+    /// `usize::MAX` when the pool sets no limit.
+    max_connections: AtomicUsize,
+    /// Idle keep-alive connections to this server, ready for reuse.
+    pub idle: IdlePool,
+    state: Mutex<ServerState>,
+    /// `state.is_serving()` ignoring ejection, mirrored for the request path.
+    serving: AtomicBool,
+    /// Whether an ejection may be in force; lets the request path skip the lock.
+    maybe_ejected: AtomicBool,
+    /// When set, tunnels to this server must end by this instant (drain).
+    drain_deadline: watch::Sender<Option<Instant>>,
+    /// Wakes a request queued in the pool when this server frees a slot.
+    released: Arc<Notify>,
+    /// The pool's settings as of the last reload.
+    settings: ArcSwap<PoolConfig>,
+    /// Taken out of its pool by a reload; kept while its tunnels end.
+    removed: AtomicBool,
+    /// Whether an active health-check task runs for it.
+    checking: AtomicBool,
+}
+
+impl Server {
+    /// A new server of the pool `config`, starting up and ready.
+    pub fn new(
+        config: Arc<PoolConfig>,
+        address: SocketAddr,
+        weight: u32,
+        released: Arc<Notify>,
+    ) -> Self {
+        let server = Server {
+            address,
+            pool: config.name.clone(),
+            weight: AtomicU32::new(weight),
+            active: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(usize::MAX),
+            idle: IdlePool::new(0, config.timeouts.server_idle),
+            state: Mutex::new(ServerState::default()),
+            serving: AtomicBool::new(true),
+            maybe_ejected: AtomicBool::new(false),
+            drain_deadline: watch::Sender::new(None),
+            released,
+            settings: ArcSwap::new(config.clone()),
+            removed: AtomicBool::new(false),
+            checking: AtomicBool::new(false),
+        };
+        server.configure(config, weight);
+        server
+    }
+
+    /// Applies the pool's settings from a new config; the live state stays.
+    pub fn configure(&self, config: Arc<PoolConfig>, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+        self.max_connections.store(
+            config.max_connections.unwrap_or(usize::MAX),
+            Ordering::Relaxed,
+        );
+        // A connection that starts with a client's PROXY header names that
+        // client: it can never serve another, so none is kept idle.
+        let idle = match config.send_proxy_protocol {
+            Some(_) => 0,
+            None => config.idle_connections,
+        };
+        self.idle.set_limits(idle, config.timeouts.server_idle);
+        self.settings.store(config);
+    }
+
+    /// The pool's settings as of the last reload.
+    pub fn settings(&self) -> Arc<PoolConfig> {
+        self.settings.load_full()
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the server's state.
+    pub fn state(&self) -> ServerState {
+        self.lock().clone()
+    }
+
+    /// Whether new requests may go to this server now (health, admin state
+    /// and ejection; not its connection limit).
+    pub fn is_serving(&self) -> bool {
+        if !self.serving.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !self.maybe_ejected.load(Ordering::Relaxed) {
+            return true;
+        }
+        let state = self.lock();
+        let now = Instant::now();
+        // Once the ejection is over, skip the lock again (the past ejection
+        // stays recorded, for the next backoff).
+        if state.ejected_until.is_none_or(|until| now >= until) {
+            self.maybe_ejected.store(false, Ordering::Relaxed);
+        }
+        state.is_serving(now)
+    }
+
+    pub(super) fn has_free_slot(&self) -> bool {
+        self.active() < self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request or tunnel on this server, unless it is at its limit.
+    pub(super) fn try_acquire(self: &Arc<Self>) -> Option<ActiveGuard> {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ActiveGuard {
+            server: self.clone(),
+        })
+    }
+
+    /// Records what a request says of the server (passive health).
+    pub fn record_outcome(&self, outcome: Outcome, cause: &str) {
+        let policy = self.settings.load().ejection;
+        let change = self
+            .lock()
+            .record_outcome(outcome, &policy, Instant::now(), cause);
+        if let Some(change) = change {
+            self.maybe_ejected.store(true, Ordering::Relaxed);
+            self.idle.clear();
+            self.log_change(&change);
+        }
+    }
+
+    /// Records an active health check's result.
+    pub fn record_check(&self, passed: bool, rise: u32, fall: u32, cause: &str) {
+        let mut state = self.lock();
+        let change = state.record_check(passed, rise, fall, cause);
+        self.mirror(&state);
+        drop(state);
+        if let Some(change) = change {
+            if !passed {
+                self.idle.clear();
+            }
+            self.log_change(&change);
+        }
+    }
+
+    /// Sets the operator's admin state. Drain and maintenance take the server
+    /// out of balancing at once, close its idle connections and give its
+    /// tunnels until the pool's `drain_timeout`; ready puts it back.
+    pub fn set_admin(&self, admin: AdminState, cause: &str) -> Option<Change> {
+        let mut state = self.lock();
+        let change = state.set_admin(admin, cause);
+        self.mirror(&state);
+        drop(state);
+        let change = change?;
+        match admin {
+            AdminState::Ready => {
+                self.drain_deadline.send_replace(None);
+            }
+            AdminState::Drain | AdminState::Maintenance => {
+                self.idle.clear();
+                let deadline = Instant::now() + self.settings.load().drain_timeout;
+                // An earlier drain's deadline stands: maintenance after drain does not extend it.
+                self.drain_deadline
+                    .send_if_modified(|d| d.is_none().then(|| *d = Some(deadline)).is_some());
+            }
+        }
+        self.log_change(&change);
+        Some(change)
+    }
+
+    /// A reload took the server out of its pool: it is drained (no new
+    /// requests; its tunnels run until they end or the drain ends).
+    pub fn remove(&self) {
+        self.removed.store(true, Ordering::Relaxed);
+        self.set_admin(AdminState::Drain, REMOVED_BY_RELOAD);
+    }
+
+    /// A reload put a removed server back: it is ready again unless the
+    /// operator had drained it for another reason.
+    pub fn restore(&self) {
+        if self.removed.swap(false, Ordering::Relaxed)
+            && self
+                .lock()
+                .history
+                .back()
+                .is_some_and(|c| c.cause == REMOVED_BY_RELOAD)
+        {
+            self.set_admin(AdminState::Ready, "added back to the config by a reload");
+        }
+    }
+
+    /// Whether a reload took the server out of its pool.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    /// Ends this server's tunnels by `deadline` at the latest (shutdown).
+    pub fn end_tunnels_by(&self, deadline: Instant) {
+        self.drain_deadline.send_if_modified(|d| {
+            let earlier = d.is_none_or(|d| deadline < d);
+            if earlier {
+                *d = Some(deadline);
+            }
+            earlier
+        });
+    }
+
+    /// Marks that a health-check task runs for this server; false if one
+    /// already does.
+    pub fn start_checking(&self) -> bool {
+        !self.checking.swap(true, Ordering::AcqRel)
+    }
+
+    /// The health-check task of this server ended.
+    pub fn stop_checking(&self) {
+        self.checking.store(false, Ordering::Release);
+    }
+
+    /// Resolves when this server's tunnels must end: at the drain deadline,
+    /// once the server is drained. Never resolves while it is ready.
+    pub fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut deadlines = self.drain_deadline.subscribe();
+        async move {
+            loop {
+                let deadline = *deadlines.borrow_and_update();
+                match deadline {
+                    Some(deadline) => {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(deadline.into()) => return,
+                            changed = deadlines.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                        }
+                    }
+                    None => {
+                        if deadlines.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn mirror(&self, state: &ServerState) {
+        let serving = state.admin == AdminState::Ready && state.health.is_serving();
+        let was_serving = self.serving.swap(serving, Ordering::Relaxed);
+        if serving && !was_serving {
+            // Requests queued while it was out may go to it now.
+            self.released.notify_waiters();
+        }
+        let ejected = state
+            .ejected_until
+            .is_some_and(|until| Instant::now() < until);
+        self.maybe_ejected.store(ejected, Ordering::Relaxed);
+    }
+
+    fn log_change(&self, change: &Change) {
+        tracing::warn!(
+            pool = %self.pool, server = %self.address, change = %change.what, cause = %change.cause,
+            "server state changed"
+        );
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServerState> {
+        // The state is plain data, consistent after any panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counts one request or tunnel on a server for as long as it is held.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    server: Arc<Server>,
+}
+
+impl ActiveGuard {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.server.active.fetch_sub(1, Ordering::AcqRel);
+        if self.server.max_connections.load(Ordering::Relaxed) != usize::MAX {
+            self.server.released.notify_one();
+        }
+    }
+}
