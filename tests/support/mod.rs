@@ -632,7 +632,7 @@ async fn special(request: Request<Incoming>, state: &State, generation: u64) -> 
     if path == "/echo" {
         echo(request)
     } else if path == "/ws-echo" {
-        ws_echo(request, state)
+        serve_ws_echo(request, state)
     } else if let Some(len) = arg("/generate/") {
         generated(len, false)
     } else if let Some(len) = arg("/generate-chunked/") {
@@ -687,7 +687,7 @@ fn named<B>(state: &State, request: &Request<B>, status: StatusCode) -> Response
 
 /// Accepts a WebSocket handshake and echoes every data message (tungstenite
 /// answers pings and closes); the socket counts in `websockets` while open.
-fn ws_echo(mut request: Request<Incoming>, state: &State) -> Response<TestBody> {
+fn serve_ws_echo(mut request: Request<Incoming>, state: &State) -> Response<TestBody> {
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
