@@ -15,6 +15,7 @@
 //! - [`runtime`]: starts, reloads and stops wharf; the handle tests use.
 //! - [`handover`]: passes listening sockets to a new wharf binary.
 //! - [`fd`]: file-descriptor limits, and running out of them.
+//! - [`systemd`]: readiness notifications for `Type=notify` units.
 //! - [`listener`]: accepts connections under a limit and hands them on.
 //! - [`front`]: reads PROXY headers, sniffs the protocol, terminates TLS and
 //!   hands each connection to HTTP or a TCP pool.
@@ -47,6 +48,7 @@ pub mod route;
 pub mod runtime;
 pub mod snapshot;
 pub mod sticky;
+pub mod systemd;
 pub mod tcp;
 pub mod tls;
 pub mod tunnel;

@@ -87,7 +87,6 @@ async fn run(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
-    let shutdown_timeout = config.shutdown_timeout;
     let inherited = match &upgrade_socket {
         Some(socket) => {
             let socket = socket.clone();
@@ -126,6 +125,10 @@ async fn run(
         None => None,
     };
     reload_on_sighup(&running);
+    if upgrade_socket.is_some() {
+        upgrade_on_sigusr2();
+    }
+    wharf::systemd::ready();
     let taken_over = async {
         match successor {
             Some(task) => {
@@ -144,6 +147,9 @@ async fn run(
         tracing::warn!("second stop signal: exiting now");
         std::process::exit(1);
     });
+    wharf::systemd::stopping();
+    // As the config says now: a reload may have changed it.
+    let shutdown_timeout = running.shared().snapshot().config.shutdown_timeout;
     let finished = running.stop(shutdown_timeout).await;
     if !finished {
         tracing::warn!(timeout = ?shutdown_timeout, "shutdown_timeout passed with connections still open; closing them");
@@ -196,6 +202,32 @@ fn reload_on_sighup(running: &wharf::Running) {
                 for sentence in e.sentences() {
                     tracing::error!("reload refused, nothing changed: {sentence}");
                 }
+            }
+        }
+    });
+}
+
+/// SIGUSR2 starts the wharf binary found at the path this one was started
+/// from (a newly installed one), with the same arguments: it takes over the
+/// listening sockets through the upgrade socket, then this one stops.
+fn upgrade_on_sigusr2() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
+        tracing::warn!("cannot listen for SIGUSR2; upgrade by starting the new binary by hand");
+        return;
+    };
+    tokio::spawn(async move {
+        while usr2.recv().await.is_some() {
+            let mut args = std::env::args_os();
+            let Some(program) = args.next() else { continue };
+            tracing::info!(program = %program.to_string_lossy(), "SIGUSR2: starting the new binary");
+            match std::process::Command::new(&program).args(args).spawn() {
+                // Reaped if it fails before taking over; once it has, this
+                // process exits and it lives on.
+                Ok(mut child) => {
+                    std::thread::spawn(move || child.wait());
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start the new binary; going on"),
             }
         }
     });

@@ -10,7 +10,6 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -30,46 +29,11 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_tungstenite::tungstenite::Message;
 
-use support::{Backend, RawClient, Reply, TestBody, WAIT, get_request, read_reply, within};
+use support::{
+    Backend, RawClient, Reply, TempDir, TestBody, WAIT, get_request, read_reply, within,
+};
 
 // ------------------------------------------------------------------ helpers
-
-/// A temp directory for a config file and the files it names; removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "wharf-one-port-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).expect("write temp file");
-        path
-    }
-
-    /// A new self-signed certificate for `names`, written as `<stem>.pem` and
-    /// `<stem>.key`; returns the certificate's DER.
-    fn cert(&self, stem: &str, names: &[&str]) -> CertificateDer<'static> {
-        let (cert, key) = wharf::tls::self_signed(names).expect("self-signed certificate");
-        self.write(&format!("{stem}.pem"), &cert);
-        self.write(&format!("{stem}.key"), &key);
-        der(&cert)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn der(pem: &str) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate")

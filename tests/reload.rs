@@ -48,16 +48,9 @@ servers = [{servers}]
     )
 }
 
-/// Writes a self-signed certificate for localhost as `stem.pem`/`stem.key`.
+/// A self-signed certificate for localhost as `stem.pem`/`stem.key`; its DER.
 fn write_certificate(dir: &TempDir, stem: &str) -> Vec<u8> {
-    let (cert, key) = wharf::tls::self_signed(&["localhost", "127.0.0.1"]).expect("a certificate");
-    dir.write(&format!("{stem}.pem"), &cert);
-    dir.write(&format!("{stem}.key"), &key);
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(cert.as_bytes())
-        .expect("PEM")
-        .to_vec()
+    dir.cert(stem, &["localhost", "127.0.0.1"]).to_vec()
 }
 
 /// A free loopback port, so that the config names a fixed address that
@@ -284,7 +277,7 @@ async fn a_reload_with_errors_changes_nothing_and_reports_every_error() {
     assert_eq!(get(public(&running), "app.test", "/").await.text(), "a");
 
     // A certificate that cannot be loaded fails the reload too.
-    dir.write("wharf.toml", &good.replace("one.pem", "missing.pem"));
+    dir.write("wharf.toml", good.replace("one.pem", "missing.pem"));
     let error = running.reload().await.expect_err("a missing certificate");
     assert!(error.sentences()[0].contains("missing.pem"), "{error}");
 

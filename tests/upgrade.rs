@@ -82,7 +82,7 @@ async fn setup(dir: &TempDir, backend: &Backend) -> (std::path::PathBuf, SocketA
     drop(socket);
     let config = dir.write(
         "wharf.toml",
-        &format!(
+        format!(
             "shutdown_timeout = \"10s\"\n[[listener]]\nname = \"public\"\nbind = \"{bind}\"\n\
              [[listener.route]]\npool = \"p\"\n[pool.p]\nservers = [\"{}\"]\n",
             backend.addr
@@ -181,4 +181,50 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
         tokio::net::TcpStream::connect(bind).await.is_err(),
         "nothing listens any more"
     );
+}
+
+/// The process ids whose command line mentions `needle` (a test's own temp
+/// path), other than `except`.
+fn pids_mentioning(needle: &str, except: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if pid != except && String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test]
+async fn sigusr2_starts_the_new_binary_which_takes_over() {
+    let dir = TempDir::new("upgrade");
+    let backend = Backend::normal("a").await;
+    let (config, bind) = setup(&dir, &backend).await;
+    let old = Wharf::start(&config, &dir.0.join("upgrade.sock"));
+    let old_pid = old.0.id();
+    wait_until_serving(bind).await;
+    old.signal(Signal::USR2);
+    assert_eq!(
+        old.exit_code().await,
+        Some(0),
+        "the old wharf hands over and stops"
+    );
+    let successors = pids_mentioning(&config.to_string_lossy(), old_pid);
+    assert_eq!(successors.len(), 1, "one new wharf: {successors:?}");
+    assert_eq!(get(bind, "app.test", "/").await.status, StatusCode::OK);
+    // The successor is this test's grandchild: stop it by its pid.
+    let successor = Pid::from_raw(successors[0] as i32).expect("a pid");
+    kill_process(successor, Signal::TERM).expect("signal the new wharf");
+    within("the new wharf to exit", async {
+        while !pids_mentioning(&config.to_string_lossy(), old_pid).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }

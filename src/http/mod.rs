@@ -11,6 +11,7 @@
 mod body;
 mod error;
 pub mod headers;
+mod learn_sid;
 mod plaintext;
 mod proxy;
 mod send;

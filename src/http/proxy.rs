@@ -18,11 +18,12 @@ use tokio::sync::watch;
 use super::body::{self, Counted, ResponseBody};
 use super::error::ProxyError;
 use super::headers::{self, ClientInfo};
+use super::learn_sid::LearnSid;
 use super::send::{return_when_idle, send_with_retries};
 use super::{ClientConnection, upgrade};
 use crate::config::RouteConfig;
 use crate::snapshot::{Shared, Snapshot};
-use crate::sticky::{self, Sticky, engine_io::LearnSid};
+use crate::sticky::{self, Sticky};
 use crate::upstream::{ConnectError, Pool, Server, Upload, UpstreamBody};
 
 /// A failed request with what is known of where it was going, for the log.

@@ -1,6 +1,6 @@
 //! Listener: accepts connections on one bound socket under a connection
 //! limit, backing off on accept errors, and hands each connection on. It
-//! knows nothing of what the connection speaks: that is [`crate::front`].
+//! knows nothing of what the connection speaks: that is the front stage.
 
 mod accept;
 

@@ -265,8 +265,11 @@ impl Running {
     }
 
     fn begin_stop(&self) {
-        tracing::info!("stopping: no new connections; open ones finish");
-        self.shared().stopping.cancel();
+        let stopping = &self.shared().stopping;
+        if !stopping.is_cancelled() {
+            tracing::info!("stopping: no new connections; open ones finish");
+            stopping.cancel();
+        }
     }
 }
 

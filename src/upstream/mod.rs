@@ -5,7 +5,7 @@
 //!
 //! The config of a pool ([`PoolConfig`]) is immutable; what changes while
 //! wharf runs lives in [`Server`] and [`PoolLive`], kept across reloads by
-//! [`crate::registry`].
+//! the registry.
 
 mod connect;
 mod idle;

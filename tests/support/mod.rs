@@ -1200,11 +1200,22 @@ impl TempDir {
         TempDir(path)
     }
 
-    /// Writes `text` to `name` in the directory; returns its path.
-    pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+    /// Writes `contents` to `name` in the directory; returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> std::path::PathBuf {
         let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write a temp file");
+        std::fs::write(&path, contents).expect("write a temp file");
         path
+    }
+
+    /// A new self-signed certificate for `names`, written as `<stem>.pem` and
+    /// `<stem>.key`; returns the certificate's DER.
+    pub fn cert(&self, stem: &str, names: &[&str]) -> rustls::pki_types::CertificateDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        let (cert, key) = wharf::tls::self_signed(names).expect("self-signed certificate");
+        self.write(&format!("{stem}.pem"), &cert);
+        self.write(&format!("{stem}.key"), &key);
+        rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes())
+            .expect("a PEM certificate")
     }
 }
 
