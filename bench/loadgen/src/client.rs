@@ -89,7 +89,12 @@ where
     F: Fn(TcpStream) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    // Not tokio's default of 128: a burst of hundreds of handshakes must not
+    // overflow the backends' accept queue (a dropped SYN costs a second).
+    let listener = socket.listen(4096)?;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
