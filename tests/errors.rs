@@ -193,43 +193,22 @@ async fn malformed_server_response_gives_502() {
     task.abort();
 }
 
-/// A server that answers every request with `response` and then closes.
-async fn raw_server(response: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                let _ = stream.write_all(response).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    (addr, task)
-}
-
 /// A response cut short by the server (fewer bytes than its Content-Length)
 /// must not reach the client as a complete one: the client connection is
 /// closed before the announced length is reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_sized_response_is_not_passed_off_as_complete() {
-    let (server, task) =
-        raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b").await;
-    let (_wharf, addr) = wharf_for(&[server], "").await;
+    let server = RawServer::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b",
+        true,
+    )
+    .await;
+    let (_wharf, addr) = wharf_for(&[server.addr], "").await;
     let mut client = RawClient::connect(addr).await;
     client
         .send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await;
     let (bytes, closed) = client.read_until_closed(Duration::from_secs(5)).await;
-    task.abort();
     let text = String::from_utf8_lossy(&bytes);
     assert!(closed, "client connection left hanging: {text:?}");
     if let Some(end) = text.find("\r\n\r\n") {
@@ -250,15 +229,17 @@ async fn truncated_sized_response_is_not_passed_off_as_complete() {
 /// must not get the terminating `0` chunk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_chunked_response_is_not_passed_off_as_complete() {
-    let (server, task) =
-        raw_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
-    let (_wharf, addr) = wharf_for(&[server], "").await;
+    let server = RawServer::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        true,
+    )
+    .await;
+    let (_wharf, addr) = wharf_for(&[server.addr], "").await;
     let mut client = RawClient::connect(addr).await;
     client
         .send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await;
     let (bytes, closed) = client.read_until_closed(Duration::from_secs(5)).await;
-    task.abort();
     let text = String::from_utf8_lossy(&bytes);
     assert!(closed, "client connection left hanging: {text:?}");
     assert!(

@@ -62,9 +62,17 @@ pub struct ListenerConfig {
     /// Open client connections beyond which the listener stops accepting.
     pub max_connections: usize,
     pub timeouts: ListenerTimeouts,
-    /// Peers allowed to send a PROXY protocol header (v1 or v2); from anyone
+    /// Peers that must send a PROXY protocol header (v1 or v2); from anyone
     /// else a connection starting with one is refused.
     pub proxy_protocol: Vec<ipnet::IpNet>,
+    /// Lets the `proxy_protocol` peers connect without a header (a balancer
+    /// whose health checks send none); off, as HAProxy's `accept-proxy`.
+    pub proxy_protocol_optional: bool,
+    /// Peers (HTTP proxies in front of wharf) whose forwarding headers are
+    /// appended to; anyone else's are replaced or dropped.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Size limits on request heads.
+    pub limits: Limits,
     /// The `mode = "tcp"` pool that gets connections that are neither TLS nor HTTP.
     pub tcp_pool: Option<String>,
     /// Answer to `<policy-file-request/>`, read from the file at load.
@@ -117,6 +125,31 @@ impl Default for ListenerTimeouts {
             request_header: Duration::from_secs(10),
             first_bytes: Duration::from_secs(10),
             server_first: None,
+        }
+    }
+}
+
+/// `limits = { ... }` of a listener: how large a request head may be. Every
+/// client connection may buffer up to `request_head` bytes of head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// One header field line (name, colon, value), in bytes; beyond: 431.
+    pub header_field: usize,
+    /// The whole head (request line and fields), in bytes; beyond: 431.
+    pub request_head: usize,
+    /// Header fields in a head; beyond: 431.
+    pub headers: usize,
+    /// The request target, in bytes; beyond: 414.
+    pub request_line: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_field: 8 * 1024,
+            request_head: 32 * 1024,
+            headers: 100,
+            request_line: 8 * 1024,
         }
     }
 }

@@ -17,8 +17,10 @@ use tokio::sync::watch;
 
 use super::body::{self, Counted, ResponseBody};
 use super::error::ProxyError;
+use super::framing::FramingFault;
 use super::headers::{self, ClientInfo};
 use super::send::{return_when_idle, send_with_retries};
+use super::strict;
 use super::{ClientConnection, upgrade};
 use crate::config::RouteConfig;
 use crate::snapshot::{Shared, Snapshot};
@@ -91,7 +93,10 @@ fn error_response(error: &ProxyError) -> Response<ResponseBody> {
     // After a bad request the connection's framing cannot be trusted.
     if matches!(
         error.status(),
-        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT
+        StatusCode::BAD_REQUEST
+            | StatusCode::REQUEST_TIMEOUT
+            | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            | StatusCode::URI_TOO_LONG
     ) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -104,13 +109,25 @@ async fn forward(
     snapshot: &Snapshot,
     shared: &Shared,
 ) -> Result<Response<ResponseBody>, Failure> {
+    let listener = snapshot
+        .listener(&client.listener)
+        .ok_or(ProxyError::ListenerRemoved)?;
+    let framing = request.extensions().get::<FramingFault>().copied();
+    let normalized = strict::check_request(
+        request.method(),
+        request.uri(),
+        request.headers(),
+        framing,
+        &listener.limits,
+    )
+    .map_err(ProxyError::from)?;
+    if let Some(uri) = normalized {
+        *request.uri_mut() = uri;
+    }
     if request.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed("CONNECT").into());
     }
     let host = request_host(&request)?;
-    let listener = snapshot
-        .listener(&client.listener)
-        .ok_or(ProxyError::ListenerRemoved)?;
     let route = crate::route::find(&listener.routes, host.as_deref(), request.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     let pool = snapshot.pool(&route.pool).ok_or(ProxyError::NoRoute)?;

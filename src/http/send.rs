@@ -76,6 +76,13 @@ pub async fn send_with_retries(
         };
         match send(&server, attempt, sending).await {
             Ok((response, connection)) => {
+                // A response with conflicting framing: its connection is
+                // dropped with it (never reused), and the client gets a 502.
+                if let Err(reason) = super::strict::check_response(response.headers()) {
+                    drop(connection);
+                    server.record_outcome(Outcome::ServerError, reason);
+                    return Err((ProxyError::BadResponse(reason), Some(server.address)));
+                }
                 let status = response.status();
                 let outcome = match status.is_server_error() {
                     true => Outcome::ServerError,
