@@ -214,7 +214,7 @@ impl Scanner {
                 };
                 (n, None)
             }
-            State::ChunkEnd => match bytes.iter().position(|&b| b == b'\n') {
+            State::ChunkEnd => match memchr::memchr(b'\n', bytes) {
                 Some(at) => {
                     self.state = State::ChunkSize {
                         size: 0,
@@ -267,7 +267,7 @@ impl Scanner {
     /// Head bytes: line by line, looking only at what framing depends on.
     fn head(&mut self, bytes: &[u8]) -> (usize, Option<(u64, FramingFault)>) {
         match self.line {
-            Line::Other => match bytes.iter().position(|&b| b == b'\n') {
+            Line::Other => match memchr::memchr(b'\n', bytes) {
                 Some(at) => {
                     self.line_len += at;
                     (at + 1, self.end_of_line())
