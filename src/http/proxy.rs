@@ -128,6 +128,10 @@ async fn forward(
         return Err(ProxyError::MethodNotAllowed("CONNECT").into());
     }
     let host = request_host(&request)?;
+    let trusted = listener
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&client.peer.ip().to_canonical()));
     let route = crate::route::find(&listener.routes, host.as_deref(), request.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     let pool = snapshot.pool(&route.pool).ok_or(ProxyError::NoRoute)?;
@@ -143,7 +147,7 @@ async fn forward(
         &|address| pool.position_of(address),
     );
     let (mut upstream_request, upload) =
-        rewrite_request(request, client, host.as_deref(), &upgrades)?;
+        rewrite_request(request, client, host.as_deref(), &upgrades, trusted)?;
     if let Some(sticky) = &pool.sticky {
         sticky.strip_request(upstream_request.headers_mut());
     }
@@ -288,6 +292,7 @@ fn rewrite_request(
     client: &ClientConnection,
     host: Option<&str>,
     upgrades: &[String],
+    trusted: bool,
 ) -> Result<(Request<UpstreamBody>, Option<watch::Receiver<u64>>), ProxyError> {
     let (mut parts, body) = request.into_parts();
     // Servers get origin-form (`/path?query`) even if the client sent absolute-form.
@@ -327,6 +332,8 @@ fn rewrite_request(
         ip: client.peer.ip(),
         proto: client.proto,
         host: original_host.as_ref(),
+        port: client.local.port(),
+        trusted,
     };
     headers::set_forwarded(&mut parts.headers, &info);
     if !upgrades.is_empty() {
