@@ -315,6 +315,58 @@ async fn server_error_statuses_pass_through_untouched() {
     }
 }
 
+/// Only gateway failures count toward ejection: a server that answers 500
+/// (which one client's requests can provoke) keeps its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_500_is_not_ejected() {
+    let failing = Backend::start("failing", Behaviour::Status(500)).await;
+    let good = Backend::normal("good").await;
+    let (_wharf, addr) = wharf_for(&[failing.addr, good.addr], "").await;
+    let mut client = Client::connect(addr).await;
+    for _ in 0..20 {
+        client.get("app.test", "/").await;
+    }
+    assert_eq!(failing.requests(), 10, "the 500 server lost its share");
+    assert_eq!(good.requests(), 10);
+}
+
+/// `ejection.max_percent` (50 by default): of two servers, one may be
+/// ejected, never both; the second keeps getting requests and its own
+/// answers reach the client instead of wharf's "no server" 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejection_never_takes_out_more_than_max_percent_of_a_pool() {
+    let refused = refused_addr().await;
+    let unavailable = Backend::start("b", Behaviour::Status(503)).await;
+    let (_wharf, addr) = wharf_for(&[refused, unavailable.addr], "").await;
+    let mut client = Client::connect(addr).await;
+    for i in 0..20 {
+        let reply = client.get("app.test", "/").await;
+        assert_eq!(reply.status, 503);
+        assert_eq!(
+            reply.backend(),
+            "b",
+            "request {i} was answered by wharf: {}",
+            reply.text()
+        );
+    }
+    assert_eq!(unavailable.requests(), 20);
+
+    // With max_percent = 100, both go, and wharf answers for itself.
+    let (_wharf, addr) = wharf_for(
+        &[refused, unavailable.addr],
+        "ejection = { max_percent = 100 }",
+    )
+    .await;
+    let mut client = Client::connect(addr).await;
+    let mut by_wharf = 0;
+    for _ in 0..20 {
+        if client.get("app.test", "/").await.backend() != "b" {
+            by_wharf += 1;
+        }
+    }
+    assert!(by_wharf > 0, "the second server was never ejected");
+}
+
 // ------------------------------------------------------------------ bad requests
 
 async fn normal_setup() -> (Running, SocketAddr, Backend) {

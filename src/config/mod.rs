@@ -250,11 +250,17 @@ pub enum HealthCheck {
 pub struct EjectionPolicy {
     /// Consecutive connection failures that eject (0: never).
     pub connect_failures: u32,
-    /// Consecutive 5xx answers (or resets without an answer) that eject (0: never).
+    /// Consecutive gateway failures (502, 503, 504, a reset or no answer, a
+    /// malformed response) that eject (0: never). Other 5xx answers do not
+    /// count (as Envoy's `consecutive_gateway_failure`): a client that can
+    /// make a server answer 500 cannot push it out.
     pub server_errors: u32,
     /// The first ejection's length; each repeat doubles it, up to `max_time`.
     pub base_time: Duration,
     pub max_time: Duration,
+    /// At most this share of the pool's servers (in percent) is ejected at
+    /// once; one server always may be (as Envoy's `max_ejection_percent`).
+    pub max_percent: u32,
 }
 
 impl Default for EjectionPolicy {
@@ -264,6 +270,7 @@ impl Default for EjectionPolicy {
             server_errors: 5,
             base_time: Duration::from_secs(2),
             max_time: Duration::from_secs(60),
+            max_percent: 50,
         }
     }
 }

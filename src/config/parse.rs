@@ -741,7 +741,7 @@ fn threshold(key: &str, n: i64) -> Result<u32, String> {
     }
 }
 
-/// `ejection = { connect_failures, server_errors, base_time, max_time }`.
+/// `ejection = { connect_failures, server_errors, base_time, max_time, max_percent }`.
 fn read_ejection(t: &mut Table<'_>) -> Read<EjectionPolicy> {
     let defaults = EjectionPolicy::default();
     let Some(mut e) = t.table("ejection")? else {
@@ -762,12 +762,19 @@ fn read_ejection(t: &mut Table<'_>) -> Read<EjectionPolicy> {
     );
     let base_time = duration(&mut e, "base_time", defaults.base_time);
     let max_time = duration(&mut e, "max_time", defaults.max_time);
+    let max_percent = e.optional("max_percent", defaults.max_percent, |n: i64| {
+        u32::try_from(n)
+            .ok()
+            .filter(|n| *n <= 100)
+            .ok_or_else(|| format!("`max_percent` must be between 0 and 100, not {n}"))
+    });
     e.finish();
     Ok(EjectionPolicy {
         connect_failures: connect_failures?,
         server_errors: server_errors?,
         base_time: base_time?,
         max_time: max_time?,
+        max_percent: max_percent?,
     })
 }
 
