@@ -647,6 +647,25 @@ fn wharf_check_accepts_a_valid_file() {
     );
 }
 
+/// A sticky cookie without a `secret` is valid, but its tokens can be
+/// matched to server addresses offline: `wharf check` says so, and passes.
+#[test]
+fn wharf_check_warns_about_a_sticky_cookie_without_a_secret() {
+    let file = TempFile::new(&format!("{VALID}sticky = {{ cookie = \"wharf\" }}\n"));
+    let output = wharf_check(&file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("pool `web`") && stderr.contains("secret"),
+        "{stderr}"
+    );
+    let file = TempFile::new(&format!(
+        "{VALID}sticky = {{ cookie = \"wharf\", secret = \"s3cret\" }}\n"
+    ));
+    let output = wharf_check(&file);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("warning"));
+}
+
 #[test]
 fn wharf_check_fails_on_a_missing_file() {
     let path = std::env::temp_dir().join(format!("wharf-no-such-{}.toml", std::process::id()));

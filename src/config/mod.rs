@@ -9,6 +9,7 @@ mod duration;
 mod error;
 mod parse;
 mod reader;
+mod warnings;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use parse::parse_str;
+pub use warnings::warnings;
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
