@@ -45,7 +45,10 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Check { config: path } => match wharf::runtime::load_checked(&path) {
-            Ok(_) => {
+            Ok((config, _)) => {
+                for warning in wharf::config::warnings(&config) {
+                    eprintln!("{}: warning: {warning}", path.display());
+                }
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
@@ -67,6 +70,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            for warning in wharf::config::warnings(&config) {
+                tracing::warn!(config = %path.display(), "{warning}");
+            }
             match wharf::fd::raise_limit() {
                 Some(limit) => tracing::info!(limit, "open files allowed"),
                 None => tracing::info!("open files: no limit"),

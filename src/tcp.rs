@@ -60,13 +60,13 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
             // wharf's own trouble: logged where it happened, nobody's fault.
             Err(e) if !e.is_server_fault() => return,
             Err(e) => {
-                server.record_outcome(Outcome::ConnectFailure, &e.to_string());
+                pool.record_outcome(&server, Outcome::ConnectFailure, &e.to_string());
                 tracing::info!(%listener, client = %from.peer, pool = pool.name(), server = %server.address, error = %e, "TCP connect failed; trying another server");
                 failed.push(server.address);
                 continue;
             }
         };
-        server.record_outcome(Outcome::Success, "connected");
+        pool.record_outcome(&server, Outcome::Success, "connected");
         let drained = server.drained();
         let report = tunnel::run(
             client,

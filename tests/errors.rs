@@ -193,43 +193,22 @@ async fn malformed_server_response_gives_502() {
     task.abort();
 }
 
-/// A server that answers every request with `response` and then closes.
-async fn raw_server(response: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                let _ = stream.write_all(response).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    (addr, task)
-}
-
 /// A response cut short by the server (fewer bytes than its Content-Length)
 /// must not reach the client as a complete one: the client connection is
 /// closed before the announced length is reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_sized_response_is_not_passed_off_as_complete() {
-    let (server, task) =
-        raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b").await;
-    let (_wharf, addr) = wharf_for(&[server], "").await;
+    let server = RawServer::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b",
+        true,
+    )
+    .await;
+    let (_wharf, addr) = wharf_for(&[server.addr], "").await;
     let mut client = RawClient::connect(addr).await;
     client
         .send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await;
     let (bytes, closed) = client.read_until_closed(Duration::from_secs(5)).await;
-    task.abort();
     let text = String::from_utf8_lossy(&bytes);
     assert!(closed, "client connection left hanging: {text:?}");
     if let Some(end) = text.find("\r\n\r\n") {
@@ -250,15 +229,17 @@ async fn truncated_sized_response_is_not_passed_off_as_complete() {
 /// must not get the terminating `0` chunk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_chunked_response_is_not_passed_off_as_complete() {
-    let (server, task) =
-        raw_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
-    let (_wharf, addr) = wharf_for(&[server], "").await;
+    let server = RawServer::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        true,
+    )
+    .await;
+    let (_wharf, addr) = wharf_for(&[server.addr], "").await;
     let mut client = RawClient::connect(addr).await;
     client
         .send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await;
     let (bytes, closed) = client.read_until_closed(Duration::from_secs(5)).await;
-    task.abort();
     let text = String::from_utf8_lossy(&bytes);
     assert!(closed, "client connection left hanging: {text:?}");
     assert!(
@@ -332,6 +313,58 @@ async fn server_error_statuses_pass_through_untouched() {
         assert_eq!(reply.text(), "b");
         assert_eq!(reply.backend(), "b");
     }
+}
+
+/// Only gateway failures count toward ejection: a server that answers 500
+/// (which one client's requests can provoke) keeps its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_500_is_not_ejected() {
+    let failing = Backend::start("failing", Behaviour::Status(500)).await;
+    let good = Backend::normal("good").await;
+    let (_wharf, addr) = wharf_for(&[failing.addr, good.addr], "").await;
+    let mut client = Client::connect(addr).await;
+    for _ in 0..20 {
+        client.get("app.test", "/").await;
+    }
+    assert_eq!(failing.requests(), 10, "the 500 server lost its share");
+    assert_eq!(good.requests(), 10);
+}
+
+/// `ejection.max_percent` (50 by default): of two servers, one may be
+/// ejected, never both; the second keeps getting requests and its own
+/// answers reach the client instead of wharf's "no server" 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejection_never_takes_out_more_than_max_percent_of_a_pool() {
+    let refused = refused_addr().await;
+    let unavailable = Backend::start("b", Behaviour::Status(503)).await;
+    let (_wharf, addr) = wharf_for(&[refused, unavailable.addr], "").await;
+    let mut client = Client::connect(addr).await;
+    for i in 0..20 {
+        let reply = client.get("app.test", "/").await;
+        assert_eq!(reply.status, 503);
+        assert_eq!(
+            reply.backend(),
+            "b",
+            "request {i} was answered by wharf: {}",
+            reply.text()
+        );
+    }
+    assert_eq!(unavailable.requests(), 20);
+
+    // With max_percent = 100, both go, and wharf answers for itself.
+    let (_wharf, addr) = wharf_for(
+        &[refused, unavailable.addr],
+        "ejection = { max_percent = 100 }",
+    )
+    .await;
+    let mut client = Client::connect(addr).await;
+    let mut by_wharf = 0;
+    for _ in 0..20 {
+        if client.get("app.test", "/").await.backend() != "b" {
+            by_wharf += 1;
+        }
+    }
+    assert!(by_wharf > 0, "the second server was never ejected");
 }
 
 // ------------------------------------------------------------------ bad requests
@@ -612,6 +645,25 @@ fn wharf_check_accepts_a_valid_file() {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A sticky cookie without a `secret` is valid, but its tokens can be
+/// matched to server addresses offline: `wharf check` says so, and passes.
+#[test]
+fn wharf_check_warns_about_a_sticky_cookie_without_a_secret() {
+    let file = TempFile::new(&format!("{VALID}sticky = {{ cookie = \"wharf\" }}\n"));
+    let output = wharf_check(&file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("pool `web`") && stderr.contains("secret"),
+        "{stderr}"
+    );
+    let file = TempFile::new(&format!(
+        "{VALID}sticky = {{ cookie = \"wharf\", secret = \"s3cret\" }}\n"
+    ));
+    let output = wharf_check(&file);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("warning"));
 }
 
 #[test]

@@ -66,6 +66,9 @@ servers = [{}]
 }
 
 const TRUST_LOOPBACK: &str = "proxy_protocol = [\"127.0.0.0/8\"]";
+/// Trusted, and the header may be left out (`still_serves` sends none).
+const TRUST_LOOPBACK_OPTIONAL: &str =
+    "proxy_protocol = [\"127.0.0.0/8\"]\nproxy_protocol_optional = true";
 
 fn public(running: &wharf::Running) -> SocketAddr {
     support::public(running)
@@ -349,7 +352,7 @@ impl ProxyServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_header_from_a_trusted_peer_gives_the_client_address() {
     let web = Backend::normal("web").await;
-    let running = support::start_wharf(&config(TRUST_LOOPBACK, &[web.addr], "", "")).await;
+    let running = support::start_wharf(&config(TRUST_LOOPBACK_OPTIONAL, &[web.addr], "", "")).await;
     let addr = public(&running);
 
     // Header and request in one write.
@@ -383,14 +386,14 @@ async fn v1_header_from_a_trusted_peer_gives_the_client_address() {
     .await;
     assert_eq!(response.status, 200);
     assert_client(&web, "127.0.0.1", "127.0.0.1");
-    // And without any header, from a trusted peer: its own address too.
+    // And without any header, from a trusted peer allowed to omit it: its own address too.
     still_serves(addr, &web).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_header_from_a_trusted_peer_gives_the_client_address() {
     let web = Backend::normal("web").await;
-    let running = support::start_wharf(&config(TRUST_LOOPBACK, &[web.addr], "", "")).await;
+    let running = support::start_wharf(&config(TRUST_LOOPBACK_OPTIONAL, &[web.addr], "", "")).await;
     let addr = public(&running);
 
     let header = v2_tcp4([203, 0, 113, 7], 40000, [198, 51, 100, 1], 443);
@@ -425,6 +428,31 @@ async fn v2_header_from_a_trusted_peer_gives_the_client_address() {
     let response = raw_request(addr, &with(&local, &request("app.test", "/local"))).await;
     assert_eq!(response.status, 200);
     assert_client(&web, "127.0.0.1", "127.0.0.1");
+}
+
+/// As HAProxy's `accept-proxy`: from a `proxy_protocol` peer the header is
+/// required, so that nobody behind that peer (or sharing its address) can
+/// send a header of their own and forge an address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_peer_without_a_header_is_refused_unless_optional() {
+    let web = Backend::normal("web").await;
+    let running = support::start_wharf(&config(TRUST_LOOPBACK, &[web.addr], "", "")).await;
+    let addr = public(&running);
+    refused(
+        addr,
+        &request("app.test", "/plain"),
+        "no header from a trusted peer",
+    )
+    .await;
+    let header = v1("203.0.113.7:40000", "198.51.100.1:443");
+    let response = raw_request(addr, &with(&header, &request("app.test", "/one"))).await;
+    assert_eq!(response.status, 200);
+    assert_client(&web, "203.0.113.7", "203.0.113.7");
+    assert_eq!(web.requests(), 1);
+
+    let optional =
+        support::start_wharf(&config(TRUST_LOOPBACK_OPTIONAL, &[web.addr], "", "")).await;
+    still_serves(public(&optional), &web).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,7 +499,7 @@ async fn a_header_on_a_listener_without_proxy_protocol_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_truncated_and_oversized_headers_close_only_their_connection() {
     let web = Backend::normal("web").await;
-    let running = support::start_wharf(&config(TRUST_LOOPBACK, &[web.addr], "", "")).await;
+    let running = support::start_wharf(&config(TRUST_LOOPBACK_OPTIONAL, &[web.addr], "", "")).await;
     let addr = public(&running);
     let req = request("app.test", "/x");
 

@@ -9,6 +9,7 @@ mod duration;
 mod error;
 mod parse;
 mod reader;
+mod warnings;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use parse::parse_str;
+pub use warnings::warnings;
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -62,9 +64,17 @@ pub struct ListenerConfig {
     /// Open client connections beyond which the listener stops accepting.
     pub max_connections: usize,
     pub timeouts: ListenerTimeouts,
-    /// Peers allowed to send a PROXY protocol header (v1 or v2); from anyone
+    /// Peers that must send a PROXY protocol header (v1 or v2); from anyone
     /// else a connection starting with one is refused.
     pub proxy_protocol: Vec<ipnet::IpNet>,
+    /// Lets the `proxy_protocol` peers connect without a header (a balancer
+    /// whose health checks send none); off, as HAProxy's `accept-proxy`.
+    pub proxy_protocol_optional: bool,
+    /// Peers (HTTP proxies in front of wharf) whose forwarding headers are
+    /// appended to; anyone else's are replaced or dropped.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Size limits on request heads.
+    pub limits: Limits,
     /// The `mode = "tcp"` pool that gets connections that are neither TLS nor HTTP.
     pub tcp_pool: Option<String>,
     /// Answer to `<policy-file-request/>`, read from the file at load.
@@ -117,6 +127,31 @@ impl Default for ListenerTimeouts {
             request_header: Duration::from_secs(10),
             first_bytes: Duration::from_secs(10),
             server_first: None,
+        }
+    }
+}
+
+/// `limits = { ... }` of a listener: how large a request head may be. Every
+/// client connection may buffer up to `request_head` bytes of head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// One header field line (name, colon, value), in bytes; beyond: 431.
+    pub header_field: usize,
+    /// The whole head (request line and fields), in bytes; beyond: 431.
+    pub request_head: usize,
+    /// Header fields in a head; beyond: 431.
+    pub headers: usize,
+    /// The request target, in bytes; beyond: 414.
+    pub request_line: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_field: 8 * 1024,
+            request_head: 32 * 1024,
+            headers: 100,
+            request_line: 8 * 1024,
         }
     }
 }
@@ -217,11 +252,17 @@ pub enum HealthCheck {
 pub struct EjectionPolicy {
     /// Consecutive connection failures that eject (0: never).
     pub connect_failures: u32,
-    /// Consecutive 5xx answers (or resets without an answer) that eject (0: never).
+    /// Consecutive gateway failures (502, 503, 504, a reset or no answer, a
+    /// malformed response) that eject (0: never). Other 5xx answers do not
+    /// count (as Envoy's `consecutive_gateway_failure`): a client that can
+    /// make a server answer 500 cannot push it out.
     pub server_errors: u32,
     /// The first ejection's length; each repeat doubles it, up to `max_time`.
     pub base_time: Duration,
     pub max_time: Duration,
+    /// At most this share of the pool's servers (in percent) is ejected at
+    /// once; one server always may be (as Envoy's `max_ejection_percent`).
+    pub max_percent: u32,
 }
 
 impl Default for EjectionPolicy {
@@ -231,6 +272,7 @@ impl Default for EjectionPolicy {
             server_errors: 5,
             base_time: Duration::from_secs(2),
             max_time: Duration::from_secs(60),
+            max_percent: 50,
         }
     }
 }

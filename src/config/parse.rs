@@ -19,7 +19,7 @@ use super::{
     AdminConfig, BalanceConfig, CertificatePaths, Config, ConfigErrors, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_CONNECTIONS, DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE,
     DEFAULT_LISTENER_MAX_CONNECTIONS, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES, EjectionPolicy, HashKey,
-    HealthCheck, HealthConfig, HostMatch, LearnSource, ListenerConfig, ListenerTimeouts,
+    HealthCheck, HealthConfig, HostMatch, LearnSource, Limits, ListenerConfig, ListenerTimeouts,
     ListenerTls, Plaintext, PoolConfig, PoolMode, PoolTimeouts, ProxyVersion, RouteConfig,
     SameSite, ServerConfig, StickyConfig, StickyCookie, StickyLearn, parse_duration,
 };
@@ -171,7 +171,10 @@ fn read_listener(
     );
     let timeouts = read_listener_timeouts(&mut t);
     let routes = read_routes(&mut t, pools);
-    let proxy_protocol = read_cidrs(&mut t);
+    let proxy_protocol = read_cidrs(&mut t, "proxy_protocol");
+    let proxy_protocol_optional = t.optional("proxy_protocol_optional", false, Ok);
+    let trusted_proxies = read_cidrs(&mut t, "trusted_proxies");
+    let limits = read_limits(&mut t);
     let tcp_pool = read_tcp_pool(&mut t, pools);
     let base = t.errors().base_dir();
     let flash_policy = t.optional("flash_policy", None, |s: &str| {
@@ -198,41 +201,83 @@ fn read_listener(
         max_connections: max_connections?,
         timeouts,
         proxy_protocol: proxy_protocol?,
+        proxy_protocol_optional: proxy_protocol_optional?,
+        trusted_proxies: trusted_proxies?,
+        limits: limits?,
         tcp_pool,
         flash_policy: flash_policy?,
         tls: tls?,
     })
 }
 
-/// `proxy_protocol = ["10.0.0.0/8", "127.0.0.1"]`: trusted peers, as CIDRs or addresses.
-fn read_cidrs(t: &mut Table<'_>) -> Read<Vec<ipnet::IpNet>> {
-    let Some(list) = t.get::<&DeArray<'_>>("proxy_protocol")? else {
+/// `proxy_protocol = ["10.0.0.0/8", "127.0.0.1"]` (or `trusted_proxies`):
+/// peers, as CIDRs or addresses.
+fn read_cidrs(t: &mut Table<'_>, key: &'static str) -> Read<Vec<ipnet::IpNet>> {
+    let Some(list) = t.get::<&DeArray<'_>>(key)? else {
         return Ok(Vec::new());
     };
     let errors = t.errors();
     all(list.value.iter().map(|item| match item.get_ref() {
-        DeValue::String(s) => parse_cidr(s).map_err(|m| errors.error(&item.span(), m)),
+        DeValue::String(s) => parse_cidr(key, s).map_err(|m| errors.error(&item.span(), m)),
         other => Err(errors.error(
             &item.span(),
             format!(
-                "each entry of `proxy_protocol` must be a CIDR like \"10.0.0.0/8\", not {}",
+                "each entry of `{key}` must be a CIDR like \"10.0.0.0/8\", not {}",
                 type_name(other)
             ),
         )),
     }))
 }
 
-fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+fn parse_cidr(key: &str, s: &str) -> Result<ipnet::IpNet, String> {
     if let Ok(net) = s.parse::<ipnet::IpNet>() {
         return Ok(net.trunc());
     }
     s.parse::<std::net::IpAddr>()
         .map(ipnet::IpNet::from)
         .map_err(|_| {
-            format!(
-                "`proxy_protocol` entries must be CIDRs like \"10.0.0.0/8\" or addresses, not {s:?}"
-            )
+            format!("`{key}` entries must be CIDRs like \"10.0.0.0/8\" or addresses, not {s:?}")
         })
+}
+
+/// `limits = { header_field, request_head, headers, request_line }`, in bytes
+/// (and a count), each within bounds that keep hyper and clients working.
+fn read_limits(t: &mut Table<'_>) -> Read<Limits> {
+    let defaults = Limits::default();
+    let Some(mut l) = t.table("limits")? else {
+        return Ok(defaults);
+    };
+    let within = |key: &'static str, min: usize, max: usize| {
+        move |n: i64| match usize::try_from(n) {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(format!("`{key}` must be between {min} and {max}, not {n}")),
+        }
+    };
+    const MIB: usize = 1024 * 1024;
+    let header_field = l.optional(
+        "header_field",
+        defaults.header_field,
+        within("header_field", 256, MIB),
+    );
+    // hyper's read buffer is at least 8 KiB.
+    let request_head = l.optional(
+        "request_head",
+        defaults.request_head,
+        within("request_head", 8192, MIB),
+    );
+    let headers = l.optional("headers", defaults.headers, within("headers", 1, 1000));
+    let request_line = l.optional(
+        "request_line",
+        defaults.request_line,
+        within("request_line", 256, 65_534),
+    );
+    l.finish();
+    Ok(Limits {
+        header_field: header_field?,
+        request_head: request_head?,
+        headers: headers?,
+        request_line: request_line?,
+    })
 }
 
 /// `tcp_pool = "NAME"`: a defined pool with `mode = "tcp"`.
@@ -696,7 +741,7 @@ fn threshold(key: &str, n: i64) -> Result<u32, String> {
     }
 }
 
-/// `ejection = { connect_failures, server_errors, base_time, max_time }`.
+/// `ejection = { connect_failures, server_errors, base_time, max_time, max_percent }`.
 fn read_ejection(t: &mut Table<'_>) -> Read<EjectionPolicy> {
     let defaults = EjectionPolicy::default();
     let Some(mut e) = t.table("ejection")? else {
@@ -717,12 +762,19 @@ fn read_ejection(t: &mut Table<'_>) -> Read<EjectionPolicy> {
     );
     let base_time = duration(&mut e, "base_time", defaults.base_time);
     let max_time = duration(&mut e, "max_time", defaults.max_time);
+    let max_percent = e.optional("max_percent", defaults.max_percent, |n: i64| {
+        u32::try_from(n)
+            .ok()
+            .filter(|n| *n <= 100)
+            .ok_or_else(|| format!("`max_percent` must be between 0 and 100, not {n}"))
+    });
     e.finish();
     Ok(EjectionPolicy {
         connect_failures: connect_failures?,
         server_errors: server_errors?,
         base_time: base_time?,
         max_time: max_time?,
+        max_percent: max_percent?,
     })
 }
 

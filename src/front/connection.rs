@@ -136,21 +136,29 @@ async fn client_addresses(
         .proxy_protocol
         .iter()
         .any(|net| net.contains(&peer.ip().to_canonical()));
+    // As HAProxy's `accept-proxy` and nginx's `proxy_protocol`: from the
+    // trusted peers the header is required, else a client behind them (or
+    // behind a NAT sharing their address) could send its own and forge its
+    // address; `proxy_protocol_optional` relaxes that.
+    let without_header = || match trusted && !config.proxy_protocol_optional {
+        true => Err("no PROXY header from a `proxy_protocol` peer".to_owned()),
+        false => Ok((peer, local)),
+    };
     let mut first = [0u8; 12];
     // Enough bytes to tell a PROXY header apart ("PROXY " or the v2 signature).
     let mut seen = 0;
     while seen < 6 {
         match peek_more(stream, &mut first, seen, deadline).await {
             Ok(Some(n)) if n > 0 => seen = n,
-            Ok(_) => return Ok((peer, local)),
+            Ok(_) => return without_header(),
             Err(e) => return Err(e.to_string()),
         }
         if !proxy_protocol::looks_like_proxy(&first[..seen]) {
-            return Ok((peer, local));
+            return without_header();
         }
     }
     if !proxy_protocol::looks_like_proxy(&first[..seen]) {
-        return Ok((peer, local));
+        return without_header();
     }
     if !trusted {
         return Err("PROXY header from a peer not in `proxy_protocol`".to_owned());

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use super::strict::Refusal;
 use crate::upstream::{ConnectError, Unavailable};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,10 @@ pub enum ProxyError {
     ListenerRemoved,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
+    #[error("the server's response is malformed: {0}")]
+    BadResponse(&'static str),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(&'static str),
     #[error("{0}")]
@@ -40,6 +45,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Refused(refusal) => refusal.status(),
             ProxyError::BadRequest(_) | ProxyError::ClientAborted(_) => StatusCode::BAD_REQUEST,
             ProxyError::UploadStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -50,9 +56,10 @@ impl ProxyError {
             ProxyError::Connect(ConnectError::Timeout(_)) | ProxyError::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::Connect(_) | ProxyError::Server(_) | ProxyError::UnrequestedUpgrade => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Connect(_)
+            | ProxyError::Server(_)
+            | ProxyError::BadResponse(_)
+            | ProxyError::UnrequestedUpgrade => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -61,6 +68,8 @@ impl ProxyError {
         match self.status() {
             StatusCode::NOT_FOUND => "404 Not Found: no route for this host and path\n",
             StatusCode::BAD_REQUEST => "400 Bad Request\n",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "431 Request Header Fields Too Large\n",
+            StatusCode::URI_TOO_LONG => "414 URI Too Long\n",
             StatusCode::REQUEST_TIMEOUT => "408 Request Timeout: the request body stalled\n",
             StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
             StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no server available\n",

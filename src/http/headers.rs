@@ -94,34 +94,130 @@ pub struct ClientInfo<'a> {
     pub proto: &'static str,
     /// The `Host` the client sent, if any.
     pub host: Option<&'a HeaderValue>,
+    /// The port the client connected to.
+    pub port: u16,
+    /// Whether the peer is one of the listener's `trusted_proxies`, whose
+    /// forwarding headers are appended to rather than replaced.
+    pub trusted: bool,
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const PROXY: HeaderName = HeaderName::from_static("proxy");
 
-/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` (RFC 7239) to what
-/// wharf saw. Values the client sent are replaced, never appended to: wharf is
-/// the edge, and a client could otherwise forge its address.
+/// Headers that servers and frameworks read as the client's address,
+/// scheme, host or path prefix, besides the ones wharf sets: from anyone but
+/// a trusted proxy they are forgeries, and are dropped (as is any other
+/// `X-Forwarded-*`).
+const CLIENT_CLAIMS: [&str; 11] = [
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+];
+
+/// Whether `name` (lower-case) is a forwarding header of any kind.
+fn is_forwarding(name: &str) -> bool {
+    name.starts_with("x-forwarded")
+        || name == "forwarded"
+        || name == "x-real-ip"
+        || CLIENT_CLAIMS.contains(&name)
+}
+
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host`, `-Port`, `X-Real-IP` and
+/// `Forwarded` (RFC 7239) to what wharf saw, and removes `Proxy` (httpoxy).
+///
+/// From a client, values it sent are replaced, never appended to, and other
+/// forwarding headers (`X-Forwarded-Prefix`, `True-Client-IP`, ...) are
+/// dropped: wharf is the edge, and a client could otherwise forge its
+/// address. From a trusted proxy, `X-Forwarded-For` and `Forwarded` are
+/// appended to (as HAProxy and nginx do) and its other forwarding headers
+/// are kept. From anyone, a name that would read as a forwarding header with
+/// `_` taken for `-` (`X_Forwarded_For`, as CGI-style servers map names) is
+/// dropped.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
-    headers.remove(header::FORWARDED);
-    headers.remove(X_FORWARDED_HOST);
+    headers.remove(PROXY);
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| is_forwarding(&name.as_str().replace('_', "-")))
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(name);
+    }
     let ip = client.ip.to_canonical();
-    headers.insert(X_FORWARDED_FOR, header_value(&ip.to_string()));
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
-    let mut forwarded = match ip {
+    let ip_text = ip.to_string();
+    let mut element = match ip {
         IpAddr::V4(v4) => format!("for={v4}"),
         // RFC 7239 §6: IPv6 addresses are bracketed and the value quoted.
         IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
     };
-    forwarded.push_str(";proto=");
-    forwarded.push_str(client.proto);
-    if let Some(host) = client.host.and_then(|h| h.to_str().ok()) {
-        headers.insert(X_FORWARDED_HOST, header_value(host));
-        forwarded.push_str(";host=");
-        forwarded.push_str(&forwarded_value(host));
+    element.push_str(";proto=");
+    element.push_str(client.proto);
+    let host = client.host.and_then(|h| h.to_str().ok());
+    if let Some(host) = host {
+        element.push_str(";host=");
+        element.push_str(&forwarded_value(host));
     }
-    headers.insert(header::FORWARDED, header_value(&forwarded));
+    if client.trusted {
+        append_list(headers, X_FORWARDED_FOR, &ip_text);
+        append_list(headers, header::FORWARDED, &element);
+        let port = client.port.to_string();
+        let proto = client.proto;
+        for (name, value) in [
+            (X_FORWARDED_PROTO, Some(proto)),
+            (X_FORWARDED_HOST, host),
+            (X_FORWARDED_PORT, Some(port.as_str())),
+            (X_REAL_IP, Some(ip_text.as_str())),
+        ] {
+            if let (false, Some(value)) = (headers.contains_key(&name), value) {
+                headers.insert(name, header_value(value));
+            }
+        }
+        return;
+    }
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_forwarding(name.as_str()))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
+    headers.insert(X_FORWARDED_FOR, header_value(&ip_text));
+    headers.insert(X_REAL_IP, header_value(&ip_text));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+    headers.insert(X_FORWARDED_PORT, header_value(&client.port.to_string()));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, header_value(host));
+    }
+    headers.insert(header::FORWARDED, header_value(&element));
+}
+
+/// Appends `value` to the comma-separated list in `name` (several lines
+/// joined into one), or sets it.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let mut list: Vec<&str> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    list.push(value);
+    let joined = list.join(", ");
+    headers.insert(name, header_value(&joined));
 }
 
 /// A `Forwarded` parameter value: a token as is, anything else quoted (RFC 7239 §4).
@@ -205,6 +301,8 @@ mod tests {
             ip: "::1".parse().unwrap(),
             proto: "http",
             host: Some(&host),
+            port: 8080,
+            trusted: false,
         };
         set_forwarded(&mut h, &client);
         assert_eq!(h["x-forwarded-for"], "::1");
@@ -222,9 +320,62 @@ mod tests {
             ip: "::ffff:10.1.2.3".parse().unwrap(),
             proto: "https",
             host: None,
+            port: 443,
+            trusted: false,
         };
         set_forwarded(&mut h, &client);
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h[header::FORWARDED], "for=10.1.2.3;proto=https");
+    }
+
+    #[test]
+    fn client_claims_are_dropped_and_trusted_proxies_appended_to() {
+        let claims = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-port", "1"),
+            ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-original-url", "/admin"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("proxy", "http://evil.test/"),
+        ];
+        let headers = || {
+            let mut h = HeaderMap::new();
+            for (name, value) in claims {
+                h.append(name, HeaderValue::from_static(value));
+            }
+            h
+        };
+        let client = |trusted| ClientInfo {
+            ip: "10.0.0.9".parse().unwrap(),
+            proto: "https",
+            host: None,
+            port: 8443,
+            trusted,
+        };
+        let mut h = headers();
+        set_forwarded(&mut h, &client(false));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-real-ip"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-port"], "8443");
+        for gone in [
+            "x-forwarded-prefix",
+            "true-client-ip",
+            "x-original-url",
+            "x_forwarded_for",
+            "proxy",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        let mut h = headers();
+        set_forwarded(&mut h, &client(true));
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.9");
+        assert_eq!(h["x-forwarded-prefix"], "/admin");
+        assert_eq!(h["x-real-ip"], "6.6.6.6");
+        assert_eq!(h["x-forwarded-port"], "1");
+        assert_eq!(h[header::FORWARDED], "for=10.0.0.9;proto=https");
+        assert!(!h.contains_key("x_forwarded_for"));
+        assert!(!h.contains_key("proxy"));
     }
 }

@@ -10,11 +10,13 @@
 
 mod body;
 mod error;
+pub mod framing;
 pub mod headers;
 mod learn_sid;
 mod plaintext;
 mod proxy;
 mod send;
+pub mod strict;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -57,18 +59,35 @@ pub async fn serve<I>(io: I, client: ClientConnection, shared: Arc<Shared>, stop
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(timeouts) = shared
+    let Some((timeouts, limits)) = shared
         .snapshot()
         .listener(&client.listener)
-        .map(|l| l.timeouts)
+        .map(|l| (l.timeouts, l.limits))
     else {
         return;
     };
     let client = Arc::new(client);
     let peer = client.peer;
-    let service = service_fn(move |request| proxy::handle(request, client.clone(), shared.clone()));
-    let connection = http1::Builder::new()
+    let (io, findings) = framing::Tapped::new(io);
+    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+        // In request order: what the tap saw of this request's head.
+        if let Some(fault) = findings.next_request() {
+            request.extensions_mut().insert(fault);
+        }
+        proxy::handle(request, client.clone(), shared.clone())
+    });
+    let mut builder = http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
+        // Bounds what a connection buffers of a head (hyper's default is
+        // about 400 KiB): beyond it, 431 and close.
+        .max_header_size(limits.request_head)
+        .max_buf_size(limits.request_head.max(8192));
+    // hyper keeps its header array on the stack at its default of 100.
+    if limits.headers != 100 {
+        builder.max_headers(limits.headers);
+    }
+    let connection = builder
         // hyper's default, kept on purpose: a client that closes its side
         // mid-request is taken as gone (as HAProxy's `abortonclose`), so a
         // queued or slow request of a departed client is dropped instead of

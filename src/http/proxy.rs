@@ -17,9 +17,11 @@ use tokio::sync::watch;
 
 use super::body::{self, Counted, ResponseBody};
 use super::error::ProxyError;
+use super::framing::FramingFault;
 use super::headers::{self, ClientInfo};
 use super::learn_sid::LearnSid;
 use super::send::{return_when_idle, send_with_retries};
+use super::strict;
 use super::{ClientConnection, upgrade};
 use crate::config::RouteConfig;
 use crate::snapshot::{Shared, Snapshot};
@@ -92,7 +94,10 @@ fn error_response(error: &ProxyError) -> Response<ResponseBody> {
     // After a bad request the connection's framing cannot be trusted.
     if matches!(
         error.status(),
-        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT
+        StatusCode::BAD_REQUEST
+            | StatusCode::REQUEST_TIMEOUT
+            | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            | StatusCode::URI_TOO_LONG
     ) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -105,13 +110,29 @@ async fn forward(
     snapshot: &Snapshot,
     shared: &Shared,
 ) -> Result<Response<ResponseBody>, Failure> {
+    let listener = snapshot
+        .listener(&client.listener)
+        .ok_or(ProxyError::ListenerRemoved)?;
+    let framing = request.extensions().get::<FramingFault>().copied();
+    let normalized = strict::check_request(
+        request.method(),
+        request.uri(),
+        request.headers(),
+        framing,
+        &listener.limits,
+    )
+    .map_err(ProxyError::from)?;
+    if let Some(uri) = normalized {
+        *request.uri_mut() = uri;
+    }
     if request.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed("CONNECT").into());
     }
     let host = request_host(&request)?;
-    let listener = snapshot
-        .listener(&client.listener)
-        .ok_or(ProxyError::ListenerRemoved)?;
+    let trusted = listener
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&client.peer.ip().to_canonical()));
     let route = crate::route::find(&listener.routes, host.as_deref(), request.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     let pool = snapshot.pool(&route.pool).ok_or(ProxyError::NoRoute)?;
@@ -127,7 +148,7 @@ async fn forward(
         &|address| pool.position_of(address),
     );
     let (mut upstream_request, upload) =
-        rewrite_request(request, client, host.as_deref(), &upgrades)?;
+        rewrite_request(request, client, host.as_deref(), &upgrades, trusted)?;
     if let Some(sticky) = &pool.sticky {
         sticky.strip_request(upstream_request.headers_mut());
     }
@@ -272,6 +293,7 @@ fn rewrite_request(
     client: &ClientConnection,
     host: Option<&str>,
     upgrades: &[String],
+    trusted: bool,
 ) -> Result<(Request<UpstreamBody>, Option<watch::Receiver<u64>>), ProxyError> {
     let (mut parts, body) = request.into_parts();
     // Servers get origin-form (`/path?query`) even if the client sent absolute-form.
@@ -311,6 +333,8 @@ fn rewrite_request(
         ip: client.peer.ip(),
         proto: client.proto,
         host: original_host.as_ref(),
+        port: client.local.port(),
+        trusted,
     };
     headers::set_forwarded(&mut parts.headers, &info);
     if !upgrades.is_empty() {

@@ -76,12 +76,22 @@ pub async fn send_with_retries(
         };
         match send(&server, attempt, sending).await {
             Ok((response, connection)) => {
+                // A response with conflicting framing: its connection is
+                // dropped with it (never reused), and the client gets a 502.
+                if let Err(reason) = super::strict::check_response(response.headers()) {
+                    drop(connection);
+                    pool.record_outcome(&server, Outcome::ServerError, reason);
+                    return Err((ProxyError::BadResponse(reason), Some(server.address)));
+                }
                 let status = response.status();
-                let outcome = match status.is_server_error() {
-                    true => Outcome::ServerError,
-                    false => Outcome::Success,
+                // Only gateway failures count (as Envoy's
+                // `consecutive_gateway_failure`): a 500 is an answer, and one
+                // client's requests can provoke it.
+                let outcome = match status.as_u16() {
+                    502..=504 => Outcome::ServerError,
+                    _ => Outcome::Success,
                 };
-                server.record_outcome(outcome, status.as_str());
+                pool.record_outcome(&server, outcome, status.as_str());
                 return Ok((response, guard, connection));
             }
             Err(SendError { error, unsent }) => {
@@ -96,7 +106,7 @@ pub async fn send_with_retries(
                 let Some(outcome) = outcome else {
                     return Err((error, Some(server.address)));
                 };
-                server.record_outcome(outcome, &error.to_string());
+                pool.record_outcome(&server, outcome, &error.to_string());
                 let retry = unsent.is_some()
                     || (replay.is_some() && matches!(error, ProxyError::Server(_)));
                 failed.push(server.address);

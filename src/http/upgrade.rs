@@ -14,6 +14,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 
 use super::body::{self, ResponseBody};
+use super::framing::Tapped;
 use super::{ClientConnection, headers};
 use crate::tunnel::{self, TunnelEnd};
 use crate::upstream::ActiveGuard;
@@ -53,9 +54,11 @@ pub fn start_tunnel(
             return;
         };
         let (server_stream, server_early) = (server_side.io.into_inner(), server_side.read_buf);
-        let report = match client_io.downcast::<TokioIo<TcpStream>>() {
+        // The client side is wrapped in the framing tap (see `serve`); the
+        // tunnel takes the bare stream from under it.
+        let report = match client_io.downcast::<TokioIo<Tapped<TcpStream>>>() {
             Ok(plain) => {
-                let (stream, early) = (plain.io.into_inner(), plain.read_buf);
+                let (stream, early) = (plain.io.into_inner().into_inner(), plain.read_buf);
                 tunnel::run(
                     stream,
                     server_stream,
@@ -66,9 +69,9 @@ pub fn start_tunnel(
                 )
                 .await
             }
-            Err(client_io) => match client_io.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+            Err(client_io) => match client_io.downcast::<TokioIo<Tapped<TlsStream<TcpStream>>>>() {
                 Ok(tls) => {
-                    let (stream, early) = (tls.io.into_inner(), tls.read_buf);
+                    let (stream, early) = (tls.io.into_inner().into_inner(), tls.read_buf);
                     // Boxed: its state is large, and must not make every
                     // plain websocket's task as big as a TLS one's.
                     Box::pin(tunnel::run_generic(

@@ -22,6 +22,9 @@ pub type UpstreamBody = Either<Upload, Empty<Bytes>>;
 /// A connection ready to carry one request at a time to a server.
 pub type Connection = http1::SendRequest<UpstreamBody>;
 
+/// The largest response head wharf reads from a server, in bytes.
+pub const MAX_RESPONSE_HEAD: usize = 32 * 1024;
+
 /// Why a connection to a server could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -94,6 +97,9 @@ pub async fn connect_http(
 ) -> Result<Connection, ConnectError> {
     let stream = connect_tcp(address, timeout, proxy_header).await?;
     let (sender, connection) = http1::Builder::new()
+        // A server's response head over this is a 502 (as nginx's
+        // `proxy_buffer_size`), not ~400 KiB buffered per connection.
+        .max_header_size(MAX_RESPONSE_HEAD)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(ConnectError::Handshake)?;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::server::{ActiveGuard, Server};
+use super::state::Outcome;
 use crate::balance::{self, Balancer, Maglev, ServerView};
 use crate::config::{PoolConfig, StickyConfig};
 use crate::sticky::learned::LearnedSessions;
@@ -94,6 +95,35 @@ enum Choice {
 }
 
 impl Pool {
+    /// Records what a request says of `server` (passive health). An
+    /// ejection is withheld while it would take out more than
+    /// `ejection.max_percent` of the pool (one server always may be), so that
+    /// failures a client can provoke never empty a pool.
+    pub fn record_outcome(&self, server: &Server, outcome: Outcome, cause: &str) {
+        // Counted before taking the server's lock: siblings are looked at
+        // under their own locks, never two at once.
+        let max_percent = self.config.ejection.max_percent as usize;
+        let ejected = match outcome {
+            Outcome::Success => 0,
+            Outcome::ConnectFailure | Outcome::ServerError => self
+                .servers
+                .iter()
+                .filter(|s| s.address != server.address && s.is_ejected())
+                .count(),
+        };
+        let allowed = ejected == 0 || (ejected + 1) * 100 <= max_percent * self.servers.len();
+        let may_eject = || {
+            if !allowed {
+                tracing::warn!(
+                    pool = self.name(), server = %server.address, ejected, max_percent,
+                    "not ejecting: the pool's ejection.max_percent is reached"
+                );
+            }
+            allowed
+        };
+        server.record_outcome(outcome, cause, may_eject);
+    }
+
     /// The pool of `config` over `servers` (its servers' live state, in
     /// config order) and `live`, the pool's own live state.
     pub fn new(config: Arc<PoolConfig>, servers: Vec<Arc<Server>>, live: Arc<PoolLive>) -> Self {

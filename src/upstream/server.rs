@@ -130,6 +130,15 @@ impl Server {
         state.is_serving(now)
     }
 
+    /// Whether a passive ejection is in force now.
+    pub fn is_ejected(&self) -> bool {
+        self.maybe_ejected.load(Ordering::Relaxed)
+            && self
+                .lock()
+                .ejected_until
+                .is_some_and(|until| Instant::now() < until)
+    }
+
     pub(super) fn has_free_slot(&self) -> bool {
         self.active() < self.max_connections.load(Ordering::Relaxed)
     }
@@ -147,12 +156,14 @@ impl Server {
         })
     }
 
-    /// Records what a request says of the server (passive health).
-    pub fn record_outcome(&self, outcome: Outcome, cause: &str) {
+    /// Records what a request says of the server (passive health);
+    /// `may_eject` says whether its pool can spare it (see
+    /// [`super::Pool::record_outcome`]).
+    pub fn record_outcome(&self, outcome: Outcome, cause: &str, may_eject: impl FnOnce() -> bool) {
         let policy = self.settings.load().ejection;
         let change = self
             .lock()
-            .record_outcome(outcome, &policy, Instant::now(), cause);
+            .record_outcome(outcome, &policy, Instant::now(), cause, may_eject);
         if let Some(change) = change {
             self.maybe_ejected.store(true, Ordering::Relaxed);
             self.idle.clear();

@@ -119,11 +119,12 @@ impl fmt::Display for AdminState {
 /// What a request's outcome says about the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// A response that was not a 5xx.
+    /// A response, other than 502, 503 or 504.
     Success,
     /// The server could not be connected to.
     ConnectFailure,
-    /// A 5xx answer, a reset, or no answer at all.
+    /// A gateway failure: 502, 503 or 504, a reset, no answer at all, or a
+    /// malformed response.
     ServerError,
 }
 
@@ -197,13 +198,17 @@ impl ServerState {
         change
     }
 
-    /// Applies a request's outcome; returns the change if it ejected the server.
+    /// Applies a request's outcome; returns the change if it ejected the
+    /// server. `may_eject` says whether the pool can spare it (its
+    /// `max_percent`); if not, the failures keep counting, and the next one
+    /// asks again.
     pub fn record_outcome(
         &mut self,
         outcome: Outcome,
         policy: &EjectionPolicy,
         now: Instant,
         cause: &str,
+        may_eject: impl FnOnce() -> bool,
     ) -> Option<Change> {
         match outcome {
             Outcome::Success => {
@@ -223,13 +228,13 @@ impl ServerState {
             Outcome::ConnectFailure => {
                 self.consecutive_connect_failures += 1;
                 let limit = policy.connect_failures;
-                (limit > 0 && self.consecutive_connect_failures >= limit)
+                (limit > 0 && self.consecutive_connect_failures >= limit && may_eject())
                     .then(|| self.eject(policy, now, cause))
             }
             Outcome::ServerError => {
                 self.consecutive_server_errors += 1;
                 let limit = policy.server_errors;
-                (limit > 0 && self.consecutive_server_errors >= limit)
+                (limit > 0 && self.consecutive_server_errors >= limit && may_eject())
                     .then(|| self.eject(policy, now, cause))
             }
         }
@@ -306,28 +311,29 @@ mod tests {
             server_errors: 3,
             base_time: Duration::from_secs(1),
             max_time: Duration::from_secs(3),
+            max_percent: 50,
         };
         let now = Instant::now();
         let mut s = ServerState::default();
         assert!(
-            s.record_outcome(Outcome::ServerError, &policy, now, "500")
+            s.record_outcome(Outcome::ServerError, &policy, now, "500", || true)
                 .is_none()
         );
         assert!(
-            s.record_outcome(Outcome::ServerError, &policy, now, "500")
+            s.record_outcome(Outcome::ServerError, &policy, now, "500", || true)
                 .is_none()
         );
         assert!(s.is_serving(now));
         assert!(
-            s.record_outcome(Outcome::ServerError, &policy, now, "500")
+            s.record_outcome(Outcome::ServerError, &policy, now, "500", || true)
                 .is_some()
         );
         assert!(!s.is_serving(now));
         assert!(s.is_serving(now + Duration::from_secs(1)));
         // Second ejection: 2s, third: capped at 3s.
-        s.record_outcome(Outcome::ConnectFailure, &policy, now, "refused");
+        s.record_outcome(Outcome::ConnectFailure, &policy, now, "refused", || true);
         assert_eq!(s.ejected_until, Some(now + Duration::from_secs(2)));
-        s.record_outcome(Outcome::ConnectFailure, &policy, now, "refused");
+        s.record_outcome(Outcome::ConnectFailure, &policy, now, "refused", || true);
         assert_eq!(s.ejected_until, Some(now + Duration::from_secs(3)));
     }
 
@@ -338,12 +344,31 @@ mod tests {
         let mut s = ServerState::default();
         for _ in 0..10 {
             for _ in 0..policy.server_errors - 1 {
-                s.record_outcome(Outcome::ServerError, &policy, now, "500");
+                s.record_outcome(Outcome::ServerError, &policy, now, "500", || true);
             }
-            s.record_outcome(Outcome::Success, &policy, now, "200");
+            s.record_outcome(Outcome::Success, &policy, now, "200", || true);
         }
         assert!(s.is_serving(now));
         assert_eq!(s.ejections, 0);
+    }
+
+    #[test]
+    fn a_pool_that_cannot_spare_the_server_keeps_it_until_it_can() {
+        let policy = EjectionPolicy::default();
+        let now = Instant::now();
+        let mut s = ServerState::default();
+        for _ in 0..3 {
+            assert!(
+                s.record_outcome(Outcome::ConnectFailure, &policy, now, "refused", || false)
+                    .is_none()
+            );
+        }
+        assert!(s.is_serving(now));
+        assert!(
+            s.record_outcome(Outcome::ConnectFailure, &policy, now, "refused", || true)
+                .is_some()
+        );
+        assert!(!s.is_serving(now));
     }
 
     #[test]
@@ -355,6 +380,7 @@ mod tests {
             &EjectionPolicy::default(),
             now,
             "refused",
+            || true,
         );
         assert!(!s.is_serving(now));
         let change = s

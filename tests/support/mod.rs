@@ -1275,3 +1275,93 @@ pub async fn ws_echo(ws: &mut WsClient, text: &str) {
         .expect("a message");
     assert_eq!(reply, Message::text(text), "echo of {text}");
 }
+
+// ------------------------------------------------------------------ raw server
+
+/// A server on 127.0.0.1 that answers every request head with fixed raw bytes
+/// (for responses hyper would never write), then either closes or waits to
+/// see whether wharf closes the connection. Stops when dropped.
+pub struct RawServer {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    /// Connections that wharf closed after their response.
+    dropped: watch::Sender<usize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawServer {
+    /// Answers with `response`; closes after it when `close` is true.
+    pub async fn start(response: &'static [u8], close: bool) -> RawServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw server");
+        let addr = listener.local_addr().expect("local addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let dropped = watch::Sender::new(0);
+        let task = {
+            let (accepted, dropped) = (accepted.clone(), dropped.clone());
+            tokio::spawn(async move {
+                let mut connections = JoinSet::new();
+                while let Ok((stream, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let dropped = dropped.clone();
+                    connections.spawn(raw_answer(stream, response, close, dropped));
+                }
+            })
+        };
+        RawServer {
+            addr,
+            accepted,
+            dropped,
+            task,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Waits (bounded by `limit`) until wharf has closed `n` connections
+    /// after their response; whether it did.
+    pub async fn wait_dropped(&self, n: usize, limit: Duration) -> bool {
+        let mut rx = self.dropped.subscribe();
+        matches!(
+            tokio::time::timeout(limit, rx.wait_for(|&d| d >= n)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+async fn raw_answer(
+    mut stream: TcpStream,
+    response: &'static [u8],
+    close: bool,
+    dropped: watch::Sender<usize>,
+) {
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                _ => {
+                    dropped.send_modify(|d| *d += 1);
+                    return;
+                }
+            }
+        }
+        if stream.write_all(response).await.is_err() {
+            return;
+        }
+        if close {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
