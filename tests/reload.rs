@@ -367,3 +367,71 @@ async fn a_tight_connect_loop_sees_no_refusal_across_reloads() {
     assert_eq!(refused.load(Ordering::Relaxed), 0, "no refused connection");
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn sticky_cookies_and_hashing_decide_the_same_after_a_reload() {
+    let dir = TempDir::new("reload");
+    write_certificate(&dir, "one");
+    let servers = [
+        Backend::normal("a").await,
+        Backend::normal("b").await,
+        Backend::normal("c").await,
+    ];
+    let addresses: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let bind = free_address().await;
+    let pools = |timeout: &str| {
+        let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        format!(
+            "[pool.hashed]\nservers = [{}]\nbalance = \"hash:header:x-user\"\ntimeouts = {{ connect = \"{timeout}\" }}\n",
+            list.join(", ")
+        )
+    };
+    let hashed_route = "[[listener.route]]\npath_prefix = \"/h/\"\npool = \"hashed\"\n";
+    let sticky = "sticky = { cookie = \"srv\", secret = \"s3cret\" }";
+    let config = |timeout: &str| {
+        config_text(
+            bind,
+            "one",
+            hashed_route,
+            &addresses,
+            sticky,
+            &pools(timeout),
+        )
+    };
+    let running = start_from_file(&dir, &config("1s")).await;
+    let addr = public(&running);
+
+    let decisions = async || {
+        let mut seen = Vec::new();
+        for user in 0..30 {
+            let mut request = get_request("app.test", "/h/x");
+            request
+                .headers_mut()
+                .insert("x-user", user.to_string().parse().unwrap());
+            seen.push(Client::connect(addr).await.request(request).await.text());
+        }
+        seen
+    };
+    let first = get(addr, "app.test", "/").await;
+    let cookie = first.header("set-cookie").expect("a sticky cookie");
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let pinned = first.text();
+    let hashed_before = decisions().await;
+
+    reload(&running, &dir, &config("2s")).await;
+    for _ in 0..5 {
+        let mut request = get_request("app.test", "/");
+        request
+            .headers_mut()
+            .insert("cookie", cookie.parse().unwrap());
+        let reply = Client::connect(addr).await.request(request).await;
+        assert_eq!(reply.text(), pinned, "the cookie names the same server");
+        assert!(reply.header("set-cookie").is_none(), "no re-pinning");
+    }
+    assert_eq!(
+        decisions().await,
+        hashed_before,
+        "every key hashes to the same server"
+    );
+    running.shutdown().await;
+}
