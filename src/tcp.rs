@@ -68,16 +68,20 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
         };
         pool.record_outcome(&server, Outcome::Success, "connected");
         let drained = server.drained();
+        let idle_timeout = pool.config.timeouts.tunnel_idle;
+        // The tunnel may last hours: it holds its server, not the pool of
+        // a config snapshot that a reload replaces.
+        drop(pool);
         let report = tunnel::run(
             client,
             stream,
             Bytes::new(),
             Bytes::new(),
-            pool.config.timeouts.tunnel_idle,
+            idle_timeout,
             drained,
         )
         .await;
-        tracing::debug!(%listener, client = %from.peer, pool = pool.name(), server = %server.address, ?report, "TCP tunnel closed");
+        tracing::debug!(%listener, client = %from.peer, pool = %server.pool, server = %server.address, ?report, "TCP tunnel closed");
         drop(guard);
         return;
     }
