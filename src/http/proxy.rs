@@ -186,6 +186,7 @@ async fn forward(
             client_upgrade,
             guard,
             pool.config.timeouts.tunnel_idle,
+            pool.config.timeouts.response,
             client.clone(),
             &shared.tasks,
         ));
