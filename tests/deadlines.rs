@@ -106,3 +106,33 @@ async fn a_trickled_request_body_is_cut_with_408() {
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.text(), "bytes=100000");
 }
+
+/// A server that stalls in the middle of a response body: after
+/// `timeouts.response` of silence the client keeps what it got, its
+/// connection closes (the body cannot be completed) and the server
+/// connection is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_stalled_by_the_server_is_cut() {
+    for response in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst ten!"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\nfirst ten!\r\n",
+    ] {
+        let server = RawServer::start(response, false).await;
+        let wharf = start_wharf(&one_pool_config(
+            &[server.addr],
+            "timeouts = { response = \"500ms\" }",
+        ))
+        .await;
+        let mut client = RawClient::connect(public(&wharf)).await;
+        client.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+        let (bytes, closed) = client.read_until_closed(Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(closed, "client connection kept open: {text:?}");
+        assert!(text.contains("first ten!"), "the client lost what was sent: {text:?}");
+        assert!(!text.ends_with("0\r\n\r\n"), "the body was passed off as complete");
+        assert!(
+            server.wait_dropped(1, Duration::from_secs(5)).await,
+            "the stalled server connection was kept"
+        );
+    }
+}
