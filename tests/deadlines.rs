@@ -124,12 +124,20 @@ async fn a_response_body_stalled_by_the_server_is_cut() {
         ))
         .await;
         let mut client = RawClient::connect(public(&wharf)).await;
-        client.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+        client
+            .send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await;
         let (bytes, closed) = client.read_until_closed(Duration::from_secs(5)).await;
         let text = String::from_utf8_lossy(&bytes);
         assert!(closed, "client connection kept open: {text:?}");
-        assert!(text.contains("first ten!"), "the client lost what was sent: {text:?}");
-        assert!(!text.ends_with("0\r\n\r\n"), "the body was passed off as complete");
+        assert!(
+            text.contains("first ten!"),
+            "the client lost what was sent: {text:?}"
+        );
+        assert!(
+            !text.ends_with("0\r\n\r\n"),
+            "the body was passed off as complete"
+        );
         assert!(
             server.wait_dropped(1, Duration::from_secs(5)).await,
             "the stalled server connection was kept"
