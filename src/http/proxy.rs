@@ -186,6 +186,7 @@ async fn forward(
             client_upgrade,
             guard,
             pool.config.timeouts.tunnel_idle,
+            pool.config.timeouts.response,
             client.clone(),
             &shared.tasks,
         ));
@@ -195,7 +196,10 @@ async fn forward(
     return_when_idle(connection, server);
     let (mut parts, incoming) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
-    let counted = Counted::new(incoming, guard);
+    // nginx's `proxy_read_timeout`: the response timeout also bounds each
+    // silence of the server inside the body.
+    let watched = body::Watched::new(incoming, pool.config.timeouts.response, server_address);
+    let counted = Counted::new(watched, guard);
     let body = if affinity.engine_io_handshake && parts.status.is_success() {
         LearnSid::new(counted, pool.clone(), server_address).boxed()
     } else {

@@ -21,12 +21,15 @@ use crate::upstream::ActiveGuard;
 
 /// Answers the client with the server's 101 and, once hyper has handed over
 /// both connections, runs the tunnel in its own task. The tunnel stays
-/// counted on its server (`guard`) for as long as it is open.
+/// counted on its server (`guard`) for as long as it is open. The hand-over
+/// (the 101 written to the client, both connections released by hyper) must
+/// finish within `handover`, the pool's `response` timeout.
 pub fn start_tunnel(
     mut server_response: Response<Incoming>,
     client_upgrade: OnUpgrade,
     guard: ActiveGuard,
     idle_timeout: Duration,
+    handover: Duration,
     connection: Arc<ClientConnection>,
     tasks: &TaskTracker,
 ) -> Response<ResponseBody> {
@@ -42,10 +45,17 @@ pub fn start_tunnel(
         let client = connection.peer;
         let server = guard.server().address;
         let drained = guard.server().drained();
-        let (client_io, server_io) = match tokio::try_join!(client_upgrade, server_upgrade) {
-            Ok(pair) => pair,
-            Err(e) => {
+        let both = tokio::time::timeout(handover, async {
+            tokio::try_join!(client_upgrade, server_upgrade)
+        });
+        let (client_io, server_io) = match both.await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
                 tracing::info!(%client, %server, error = %e, "upgrade abandoned before the tunnel opened");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%client, %server, ?handover, "upgrade hand-over timed out");
                 return;
             }
         };
