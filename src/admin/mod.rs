@@ -75,7 +75,7 @@
 //! ```
 
 mod api;
-mod json;
+pub(crate) mod json;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
