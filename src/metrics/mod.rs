@@ -20,6 +20,7 @@ pub mod live;
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::Weak;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -28,6 +29,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::config::{HostMatch, RouteConfig};
 
 pub use handles::{ByClass, ByDirection, ListenerMetrics, OpenGuard, RouteMetrics, ServerMetrics};
 pub use live::{LiveGauges, LiveSource};
@@ -196,6 +199,7 @@ struct Families {
 pub struct Metrics {
     registry: Registry,
     families: Families,
+    started: SystemTime,
 }
 
 impl fmt::Debug for Metrics {
@@ -336,8 +340,25 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
             f.access_log_dropped.clone(),
         );
+        let started = SystemTime::now();
+        let start_time = Gauge::<i64>::default();
+        start_time.set(
+            started
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        );
+        registry.register_with_unit(
+            "wharf_start_time",
+            "When wharf started, in seconds since the Unix epoch",
+            Unit::Seconds,
+            start_time,
+        );
         registry.register_collector(Box::new(live::Collector::new(live)));
-        Metrics { registry, families }
+        Metrics {
+            registry,
+            families,
+            started,
+        }
     }
 
     /// The handles of listener `name`.
@@ -438,6 +459,11 @@ impl Metrics {
         }
     }
 
+    /// When this process's metrics began (wharf's start).
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
     /// Counts access log lines the writer had no room for.
     pub fn access_log_dropped(&self) -> Counter {
         self.families.access_log_dropped.clone()
@@ -455,11 +481,24 @@ impl Metrics {
     }
 }
 
-/// The name metrics give a route: its host (`*` for any) and path prefix
-/// (`/` for any), e.g. `*/socket.io/` or `app.example.com/`; an SNI route is
-/// `sni:NAME`.
-pub fn route_name(host: Option<&str>, path_prefix: Option<&str>) -> String {
-    format!("{}{}", host.unwrap_or("*"), path_prefix.unwrap_or("/"))
+/// The name metrics and the status page give a route: its host (`*` for
+/// any) and path prefix (`/` for any), e.g. `*/socket.io/` or
+/// `*.example.com/`; a TLS passthrough route is `sni:NAME`. Routes are
+/// named by what they match, so that a reload that reorders them keeps
+/// their counters.
+pub fn route_name(route: &RouteConfig) -> String {
+    let host = |h: &HostMatch| match h {
+        HostMatch::Exact(name) => name.clone(),
+        HostMatch::Suffix(suffix) => format!("*{suffix}"),
+    };
+    if let Some(sni) = &route.sni {
+        return format!("sni:{}", host(sni));
+    }
+    format!(
+        "{}{}",
+        route.host.as_ref().map_or_else(|| "*".to_owned(), host),
+        route.path_prefix.as_deref().unwrap_or("/")
+    )
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use super::live::{LivePool, LiveServer};
 use super::*;
+use crate::config::RouteConfig;
 
 struct Fixed(LiveGauges);
 
@@ -49,7 +50,14 @@ fn text_follows_prometheus_conventions() {
     server.responded(200, Duration::from_millis(20));
     let listener = metrics.listener("public");
     let open = listener.open_connection();
-    let route = metrics.route("public", &route_name(None, Some("/ws/")));
+    let config = RouteConfig {
+        host: None,
+        path_prefix: Some("/ws/".into()),
+        pool: "web".into(),
+        upgrades: vec![],
+        sni: None,
+    };
+    let route = metrics.route("public", &route_name(&config));
     let ws = route.websocket_opened();
     route.closed(Some(1001));
     route.closed(None);
