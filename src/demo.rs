@@ -65,6 +65,7 @@ pub async fn start_demo_servers() -> std::io::Result<DemoServers> {
 /// (least connections), everything else to the `web` pool (round robin).
 pub fn demo_config_toml(
     bind: SocketAddr,
+    admin: SocketAddr,
     servers: &DemoServers,
     tls: Option<&DemoCertificate>,
 ) -> String {
@@ -83,6 +84,10 @@ pub fn demo_config_toml(
     }
     format!(
         r#"# wharf demo config: one port, two pools of the same three built-in servers.
+
+# The status page (/status), metrics (/metrics) and the admin API.
+[admin]
+bind = "{admin}"
 
 [[listener]]
 name = "demo"
@@ -138,13 +143,13 @@ impl Drop for DemoCertificate {
 }
 
 /// Runs `wharf demo`: the demo servers behind wharf on `addr`, until Ctrl-C.
-pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(addr: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let servers = start_demo_servers()
         .await
         .context("cannot start the demo servers")?;
     let certificate =
         DemoCertificate::create().context("cannot make the demo's self-signed certificate")?;
-    let text = demo_config_toml(addr, &servers, Some(&certificate));
+    let text = demo_config_toml(addr, admin, &servers, Some(&certificate));
     let config = crate::config::parse_str("demo.toml", &text)
         .context("the built-in demo config is invalid (a bug in wharf)")?;
     let running = crate::start(config).await.context("cannot start wharf")?;
@@ -160,6 +165,12 @@ pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
          your browser will warn about it). The page's websocket becomes wss://.\n",
         browse_url(bound).replacen("http://", "https://", 1)
     );
+    if let Some(admin) = running.admin_addr() {
+        println!(
+            "  Watch it on the status page: {}status (drain a server there).\n",
+            browse_url(admin)
+        );
+    }
     println!("Built-in demo servers:");
     for (name, addr) in &servers.addrs {
         println!("  {name}  http://{addr}/");
@@ -396,7 +407,12 @@ mod tests {
         let servers = start_demo_servers().await.unwrap();
         let bind: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let certificate = DemoCertificate::create().expect("a demo certificate");
-        let text = demo_config_toml(bind, &servers, Some(&certificate));
+        let text = demo_config_toml(
+            bind,
+            "127.0.0.1:9090".parse().unwrap(),
+            &servers,
+            Some(&certificate),
+        );
         let config = match crate::config::parse_str("demo.toml", &text) {
             Ok(config) => config,
             Err(e) => panic!("{e}\n--- demo.toml ---\n{text}"),
