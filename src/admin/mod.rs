@@ -157,9 +157,8 @@ async fn serve_connection(
     shared: Arc<Shared>,
     reload: Reload,
 ) {
-    let service = service_fn(move |request| {
-        handle(request, peer, local, shared.clone(), reload.clone())
-    });
+    let service =
+        service_fn(move |request| handle(request, peer, local, shared.clone(), reload.clone()));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(REQUEST_TIMEOUT)
@@ -226,8 +225,11 @@ fn answer(
             response
         }
         "/status" | "/status/" => with_type(STATUS_PAGE.into(), "text/html; charset=utf-8"),
-        "/metrics" => with_type(shared.metrics.encode().into(), metrics::CONTENT_TYPE),
-        "/api/status" => api::json(StatusCode::OK, &status::status(snapshot, &shared.metrics)),
+        "/metrics" => with_type(
+            shared.registry.metrics.encode().into(),
+            metrics::CONTENT_TYPE,
+        ),
+        "/api/status" => api::json(StatusCode::OK, &status::status(snapshot, shared)),
         _ => return api::respond(method, path, peer, snapshot),
     };
     if method != Method::GET && method != Method::HEAD {

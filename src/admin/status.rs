@@ -4,13 +4,14 @@
 //! reloads); the page turns them into rates by comparing two answers.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use super::json::{PoolView, ServerView, unix_ms};
-use crate::metrics::{ByClass, Class, Metrics, ServerMetrics, route_name};
-use crate::runtime::Snapshot;
+use crate::metrics::{ByClass, Class, ServerMetrics, route_name};
+use crate::snapshot::{Shared, Snapshot};
 
 /// The whole answer.
 #[derive(Debug, Serialize)]
@@ -28,7 +29,7 @@ pub struct ListenerStatus {
     pub name: String,
     pub bind: String,
     pub tls: bool,
-    pub connections_open: i64,
+    pub connections_open: usize,
     pub connections_accepted: u64,
     pub tls_handshakes: u64,
     pub tls_handshake_failures: u64,
@@ -96,8 +97,15 @@ fn classes(by_class: &ByClass) -> BTreeMap<&'static str, u64> {
         .collect()
 }
 
-/// The status of `snapshot`, with the counters of `metrics`.
-pub fn status(snapshot: &Snapshot, metrics: &Metrics) -> Status {
+/// The status of `snapshot`, with the counters and listeners of `shared`.
+pub fn status(snapshot: &Snapshot, shared: &Shared) -> Status {
+    let metrics = &shared.registry.metrics;
+    let open = |name: &str| {
+        shared
+            .registry
+            .listeners
+            .with(|live| live.get(name).map_or(0, |l| l.open_connections()))
+    };
     let listeners = snapshot
         .config
         .listeners
@@ -107,9 +115,13 @@ pub fn status(snapshot: &Snapshot, metrics: &Metrics) -> Status {
             let routes = listener
                 .routes
                 .iter()
-                .map(|route| {
+                .enumerate()
+                .map(|(index, route)| {
                     let name = route_name(route);
-                    let counters = metrics.route(&listener.name, &name);
+                    let counters = match snapshot.routes.get(&listener.name, index) {
+                        Some(counters) => counters.clone(),
+                        None => Arc::new(metrics.route(&listener.name, &name)),
+                    };
                     RouteStatus {
                         name,
                         pool: route.pool.clone(),
@@ -124,7 +136,7 @@ pub fn status(snapshot: &Snapshot, metrics: &Metrics) -> Status {
                 name: listener.name.clone(),
                 bind: listener.bind.to_string(),
                 tls: listener.tls.is_some(),
-                connections_open: counters.open.get(),
+                connections_open: open(&listener.name),
                 connections_accepted: counters.accepted.get(),
                 tls_handshakes: counters.tls_handshakes.get(),
                 tls_handshake_failures: counters.tls_failures.get(),
@@ -144,9 +156,7 @@ pub fn status(snapshot: &Snapshot, metrics: &Metrics) -> Status {
                 .servers
                 .into_iter()
                 .zip(&pool.servers)
-                .map(|(view, server)| {
-                    ServerStatus::of(view, &metrics.server(pool.name(), server.address))
-                })
+                .map(|(view, server)| ServerStatus::of(view, &server.metrics))
                 .collect();
             PoolStatus {
                 name: view.name,

@@ -15,6 +15,7 @@ use super::sniff::{self, Protocol, peek_more};
 use crate::config::{ListenerConfig, Plaintext};
 use crate::http::{self, ClientConnection};
 use crate::listener::Accepted;
+use crate::metrics::ListenerMetrics;
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::snapshot::{Shared, Snapshot};
 use crate::tcp::{self, TcpClient};
@@ -27,6 +28,7 @@ pub async fn handle(
     listener: Arc<str>,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    metrics: Arc<ListenerMetrics>,
 ) {
     let snapshot = shared.snapshot();
     let Some(config) = snapshot.listener(&listener) else {
@@ -87,6 +89,7 @@ pub async fn handle(
                 snapshot: &snapshot,
                 shared: &shared,
                 stop: &stop,
+                metrics: &metrics,
             };
             tls(stream, from, handshake_deadline, front, https).await
         }
@@ -180,6 +183,7 @@ struct Front<'a> {
     snapshot: &'a Snapshot,
     shared: &'a Arc<Shared>,
     stop: &'a CancellationToken,
+    metrics: &'a ListenerMetrics,
 }
 
 /// A TLS ClientHello: passed through to a TCP pool if a route names its SNI,
@@ -196,6 +200,7 @@ async fn tls(
         snapshot,
         shared,
         stop,
+        metrics,
     } = front;
     if crate::route::has_sni_routes(&config.routes) {
         let name = client_hello::peek_server_name(&stream, deadline)
@@ -217,11 +222,16 @@ async fn tls(
     };
     let handshake = tokio::time::timeout_at(deadline, terminator.accept(stream)).await;
     match handshake {
-        Ok(Ok(tls)) => http::serve(tls, client, shared.clone(), stop.clone()).await,
+        Ok(Ok(tls)) => {
+            metrics.tls_handshakes.inc();
+            http::serve(tls, client, shared.clone(), stop.clone()).await
+        }
         Ok(Err(e)) => {
+            metrics.tls_failures.inc();
             tracing::info!(listener = %config.name, peer = %from.peer, error = %e, "TLS handshake failed")
         }
         Err(_) => {
+            metrics.tls_failures.inc();
             tracing::info!(listener = %config.name, peer = %from.peer, "TLS handshake timed out")
         }
     }

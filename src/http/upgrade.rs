@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::body::{self, ResponseBody};
 use super::framing::Tapped;
+use super::record::TunnelRecord;
 use super::{ClientConnection, headers};
 use crate::tunnel::{self, TunnelEnd};
 use crate::upstream::ActiveGuard;
@@ -29,6 +30,7 @@ pub fn start_tunnel(
     idle_timeout: Duration,
     connection: Arc<ClientConnection>,
     tasks: &TaskTracker,
+    record: TunnelRecord,
 ) -> Response<ResponseBody> {
     let server_upgrade = hyper::upgrade::on(&mut server_response);
     let (mut parts, _) = server_response.into_parts();
@@ -46,9 +48,11 @@ pub fn start_tunnel(
             Ok(pair) => pair,
             Err(e) => {
                 tracing::info!(%client, %server, error = %e, "upgrade abandoned before the tunnel opened");
+                record.abandoned();
                 return;
             }
         };
+        let tunnel_open = guard.server().metrics.tunnel_opened();
         let Ok(server_side) = server_io.downcast::<TokioIo<TcpStream>>() else {
             tracing::error!(%client, %server, "upgraded server connection is not a TCP stream; closing it");
             return;
@@ -90,6 +94,8 @@ pub fn start_tunnel(
                 }
             },
         };
+        record.ended(&report, &guard.server().metrics);
+        drop(tunnel_open);
         drop(guard);
         drop(connection);
         let level_is_error = matches!(report.end, TunnelEnd::Error(_));

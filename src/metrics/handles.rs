@@ -49,23 +49,13 @@ pub struct ByDirection {
     pub to_client: Counter,
 }
 
-/// A listener's handles.
+/// A listener's handles. (Its open connections are read from its
+/// connection limit at scrape time.)
 #[derive(Clone, Debug, Default)]
 pub struct ListenerMetrics {
     pub accepted: Counter,
-    /// Incremented when a connection is accepted, decremented when it ends
-    /// (see [`ListenerMetrics::open_connection`]).
-    pub open: Gauge,
     pub tls_handshakes: Counter,
     pub tls_failures: Counter,
-}
-
-impl ListenerMetrics {
-    /// Counts an accepted connection as open until the guard is dropped.
-    pub fn open_connection(&self) -> OpenGuard {
-        self.accepted.inc();
-        OpenGuard::new(&self.open)
-    }
 }
 
 /// A route's handles. The tunnel increments `messages` and `payload_bytes`
@@ -84,6 +74,11 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// The route's name, as its `route` label says.
+    pub fn name(&self) -> &str {
+        &self.labels.route
+    }
+
     /// Counts a websocket as opened, and open until the guard is dropped.
     pub fn websocket_opened(&self) -> OpenGuard {
         self.websockets_opened.inc();
@@ -114,6 +109,7 @@ impl RouteMetrics {
 }
 
 /// A server's handles (its pool's name and its address are the key).
+/// `Default` gives counters registered nowhere (unit tests).
 #[derive(Clone, Debug)]
 pub struct ServerMetrics {
     /// Each attempt sent to the server.
@@ -127,6 +123,21 @@ pub struct ServerMetrics {
     pub ejections: Counter,
     pub tunnels_open: Gauge,
     pub response_time: Histogram,
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        ServerMetrics {
+            requests: Counter::default(),
+            responses: ByClass::default(),
+            bytes: ByDirection::default(),
+            connect_failures: Counter::default(),
+            retries: Counter::default(),
+            ejections: Counter::default(),
+            tunnels_open: Gauge::default(),
+            response_time: super::response_time_histogram(),
+        }
+    }
 }
 
 impl ServerMetrics {

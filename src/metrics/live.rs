@@ -3,13 +3,13 @@
 //! sets: one series per state, 1 for the current one), whether it is
 //! serving or ejected, its active connections, and each pool's queue.
 
-use std::sync::Weak;
+use std::sync::{Arc, OnceLock, Weak};
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use super::ServerLabels;
+use super::{ListenerLabels, ServerLabels};
 
 /// Health states, as the admin API names them.
 pub const HEALTH_STATES: [&str; 4] = ["up", "falling", "down", "rising"];
@@ -38,9 +38,18 @@ pub struct LivePool {
     pub queued: usize,
 }
 
+/// One listener's live state.
+#[derive(Debug, Clone)]
+pub struct LiveListener {
+    pub listener: String,
+    /// Client connections open now (its places taken under `max_connections`).
+    pub open: usize,
+}
+
 /// What a scrape reads from the live state.
 #[derive(Debug, Clone, Default)]
 pub struct LiveGauges {
+    pub listeners: Vec<LiveListener>,
     pub servers: Vec<LiveServer>,
     pub pools: Vec<LivePool>,
 }
@@ -64,7 +73,7 @@ struct PoolLabels {
 
 /// The registry's collector for [`LiveGauges`].
 pub(super) struct Collector {
-    live: Weak<dyn LiveSource>,
+    live: Arc<OnceLock<Weak<dyn LiveSource>>>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -74,17 +83,28 @@ impl std::fmt::Debug for Collector {
 }
 
 impl Collector {
-    pub(super) fn new(live: Weak<dyn LiveSource>) -> Collector {
+    pub(super) fn new(live: Arc<OnceLock<Weak<dyn LiveSource>>>) -> Collector {
         Collector { live }
     }
 }
 
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let Some(live) = self.live.upgrade() else {
+        let Some(live) = self.live.get().and_then(Weak::upgrade) else {
             return Ok(());
         };
         let live = live.live_gauges();
+        gauges(
+            &mut encoder,
+            "wharf_listener_connections_open",
+            "Client connections open now",
+            live.listeners.iter().map(|l| {
+                let labels = ListenerLabels {
+                    listener: l.listener.clone(),
+                };
+                (labels, saturate(l.open))
+            }),
+        )?;
         let servers = &live.servers;
         let labels = |s: &LiveServer| ServerLabels {
             pool: s.pool.clone(),

@@ -17,9 +17,10 @@
 mod handles;
 pub mod live;
 
+use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
-use std::sync::Weak;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::text::encode;
@@ -30,7 +31,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::config::{HostMatch, RouteConfig};
+use crate::config::{Config, HostMatch, RouteConfig};
 
 pub use handles::{ByClass, ByDirection, ListenerMetrics, OpenGuard, RouteMetrics, ServerMetrics};
 pub use live::{LiveGauges, LiveSource};
@@ -162,15 +163,14 @@ struct ServerDirectionLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// Response times from 1 ms to about 33 s, doubling.
-fn response_time_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+/// Response times from 0.25 ms to about 33 s, doubling.
+pub(super) fn response_time_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
 }
 
 /// Every family, kept to hand out handles.
 struct Families {
     listener_accepted: Family<ListenerLabels, Counter>,
-    listener_open: Family<ListenerLabels, Gauge>,
     listener_tls_handshakes: Family<ListenerLabels, Counter>,
     listener_tls_failures: Family<ListenerLabels, Counter>,
 
@@ -200,6 +200,13 @@ pub struct Metrics {
     registry: Registry,
     families: Families,
     started: SystemTime,
+    live: Arc<OnceLock<Weak<dyn LiveSource>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 impl fmt::Debug for Metrics {
@@ -209,12 +216,16 @@ impl fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// The families, registered, with `live` read at each scrape for the
-    /// gauges of live state (a `Weak` so that metrics never keep wharf alive).
-    pub fn new(live: Weak<dyn LiveSource>) -> Metrics {
+    /// Where the gauges of live state are read at each scrape (a `Weak`, so
+    /// that metrics never keep wharf alive). Set once; later calls are ignored.
+    pub fn set_live(&self, live: Weak<dyn LiveSource>) {
+        let _ = self.live.set(live);
+    }
+
+    /// The families, registered; the live gauges appear once [`Metrics::set_live`] is called.
+    pub fn new() -> Metrics {
         let families = Families {
             listener_accepted: Family::default(),
-            listener_open: Family::default(),
             listener_tls_handshakes: Family::default(),
             listener_tls_failures: Family::default(),
             route_requests: Family::default(),
@@ -241,11 +252,6 @@ impl Metrics {
             "wharf_listener_connections_accepted",
             "Client connections accepted",
             f.listener_accepted.clone(),
-        );
-        r.register(
-            "wharf_listener_connections_open",
-            "Client connections open now",
-            f.listener_open.clone(),
         );
         r.register(
             "wharf_listener_tls_handshakes",
@@ -353,11 +359,13 @@ impl Metrics {
             Unit::Seconds,
             start_time,
         );
-        registry.register_collector(Box::new(live::Collector::new(live)));
+        let live = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(live::Collector::new(live.clone())));
         Metrics {
             registry,
             families,
             started,
+            live,
         }
     }
 
@@ -369,7 +377,6 @@ impl Metrics {
         let f = &self.families;
         ListenerMetrics {
             accepted: f.listener_accepted.get_or_create(&labels).clone(),
-            open: f.listener_open.get_or_create(&labels).clone(),
             tls_handshakes: f.listener_tls_handshakes.get_or_create(&labels).clone(),
             tls_failures: f.listener_tls_failures.get_or_create(&labels).clone(),
         }
@@ -478,6 +485,35 @@ impl Metrics {
             text.push_str("# EOF\n");
         }
         text
+    }
+}
+
+/// The metric handles of every listener's routes, by listener name, in
+/// the config's route order: what a request takes its route's handles from
+/// (one map lookup by listener name, no label set hashed).
+#[derive(Debug, Clone, Default)]
+pub struct RouteHandles(HashMap<String, Vec<Arc<RouteMetrics>>>);
+
+impl RouteHandles {
+    pub fn new(config: &Config, metrics: &Metrics) -> RouteHandles {
+        let by_listener = config
+            .listeners
+            .iter()
+            .map(|listener| {
+                let routes = listener
+                    .routes
+                    .iter()
+                    .map(|route| Arc::new(metrics.route(&listener.name, &route_name(route))))
+                    .collect();
+                (listener.name.clone(), routes)
+            })
+            .collect();
+        RouteHandles(by_listener)
+    }
+
+    /// The handles of route `index` (in config order) of `listener`.
+    pub fn get(&self, listener: &str, index: usize) -> Option<&Arc<RouteMetrics>> {
+        self.0.get(listener)?.get(index)
     }
 }
 

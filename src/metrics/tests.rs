@@ -1,7 +1,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::live::{LivePool, LiveServer};
+use super::live::{LiveListener, LivePool, LiveServer};
 use super::*;
 use crate::config::RouteConfig;
 
@@ -13,10 +13,6 @@ impl LiveSource for Fixed {
     }
 }
 
-fn no_live() -> Weak<dyn LiveSource> {
-    Weak::<Fixed>::new()
-}
-
 /// The value of the sample line starting with `series` (name and labels).
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -26,7 +22,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn handles_taken_twice_are_the_same_counters() {
-    let metrics = Metrics::new(no_live());
+    let metrics = Metrics::new();
     let addr: SocketAddr = "127.0.0.1:3001".parse().unwrap();
     let first = metrics.server("web", addr);
     first.requests.inc();
@@ -43,13 +39,13 @@ fn handles_taken_twice_are_the_same_counters() {
 
 #[test]
 fn text_follows_prometheus_conventions() {
-    let metrics = Metrics::new(no_live());
+    let metrics = Metrics::new();
     let addr: SocketAddr = "[::1]:3001".parse().unwrap();
     let server = metrics.server("web", addr);
     server.bytes.to_client.inc_by(1500);
     server.responded(200, Duration::from_millis(20));
     let listener = metrics.listener("public");
-    let open = listener.open_connection();
+    listener.accepted.inc();
     let config = RouteConfig {
         host: None,
         path_prefix: Some("/ws/".into()),
@@ -88,13 +84,6 @@ fn text_follows_prometheus_conventions() {
     assert_eq!(
         sample(
             &text,
-            r#"wharf_listener_connections_open{listener="public"}"#
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(
-            &text,
             r#"wharf_route_websockets_open{listener="public",route="*/ws/"}"#
         ),
         Some(1.0)
@@ -107,12 +96,12 @@ fn text_follows_prometheus_conventions() {
         Some(1.0)
     );
     assert_eq!(route.closes_with(None), 1);
-    drop((open, ws));
+    drop(ws);
     let text = metrics.encode();
     assert_eq!(
         sample(
             &text,
-            r#"wharf_listener_connections_open{listener="public"}"#
+            r#"wharf_route_websockets_open{listener="public",route="*/ws/"}"#
         ),
         Some(0.0)
     );
@@ -128,6 +117,10 @@ fn text_follows_prometheus_conventions() {
 #[test]
 fn live_gauges_are_read_at_scrape_time() {
     let live: Arc<dyn LiveSource> = Arc::new(Fixed(LiveGauges {
+        listeners: vec![LiveListener {
+            listener: "public".into(),
+            open: 5,
+        }],
         servers: vec![LiveServer {
             pool: "web".into(),
             server: "127.0.0.1:3001".into(),
@@ -142,7 +135,9 @@ fn live_gauges_are_read_at_scrape_time() {
             queued: 3,
         }],
     }));
-    let metrics = Metrics::new(Arc::downgrade(&live));
+    let metrics = Metrics::new();
+    let weak: Weak<dyn LiveSource> = Arc::downgrade(&live);
+    metrics.set_live(weak);
     let text = metrics.encode();
     let server = r#"pool="web",server="127.0.0.1:3001""#;
     let value = |series: String| sample(&text, &series);
@@ -168,6 +163,10 @@ fn live_gauges_are_read_at_scrape_time() {
     assert_eq!(
         value(r#"wharf_pool_queue_length{pool="web"}"#.into()),
         Some(3.0)
+    );
+    assert_eq!(
+        value(r#"wharf_listener_connections_open{listener="public"}"#.into()),
+        Some(5.0)
     );
     drop(live);
     assert!(!metrics.encode().contains("wharf_pool_queue_length{"));
