@@ -506,3 +506,46 @@ async fn without_a_token_a_browser_page_cannot_drive_the_admin_listener() {
     );
     assert_eq!(get_n(&wharf, 2).await, vec!["a"; 2]);
 }
+
+// ------------------------------------------------------------------ reloads
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_survive_a_reload_that_reorders_servers_and_routes() {
+    let (a, b) = (Backend::normal("a").await, Backend::normal("b").await);
+    let dir = TempDir::new("metrics-reload");
+    let wharf = support::start_from_file(&dir, &config(a.addr, b.addr, "", "")).await;
+    get_n(&wharf, 6).await;
+    // Servers listed the other way round, and a new route ahead of the others.
+    let reordered = config(b.addr, a.addr, "", "").replace(
+        "[[listener.route]]\npath_prefix = \"/ws-echo\"",
+        "[[listener.route]]\npath_prefix = \"/new\"\npool = \"web\"\n\n[[listener.route]]\npath_prefix = \"/ws-echo\"",
+    );
+    dir.write("wharf.toml", &reordered);
+    within("a reload", wharf.reload())
+        .await
+        .expect("the reload applies");
+    get_n(&wharf, 4).await;
+
+    let status = api_status(admin(&wharf)).await;
+    let web = &status["pools"][0];
+    assert_eq!(web["name"], "web");
+    let requests: Vec<u64> = web["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(requests, vec![5, 5], "{web}");
+    let routes = &status["listeners"][0]["routes"];
+    assert_eq!(routes[0]["name"], "*/new");
+    assert_eq!(routes[2]["name"], "*/");
+    assert_eq!(routes[2]["requests"]["2xx"], 10, "{routes}");
+    let metrics = admin_request(admin(&wharf), Method::GET, "/metrics", &[]).await;
+    assert!(
+        metrics.text().contains(
+            "wharf_route_requests_total{listener=\"public\",route=\"*/\",class=\"2xx\"} 10"
+        ),
+        "{}",
+        metrics.text()
+    );
+}

@@ -67,6 +67,20 @@ pub async fn start_wharf(toml: &str) -> Running {
     wharf::start(config).await.expect("wharf starts")
 }
 
+/// wharf started from `text` written to `dir/wharf.toml`, reloadable
+/// (`Running::reload` re-reads that file).
+pub async fn start_from_file(dir: &TempDir, text: &str) -> Running {
+    let path = dir.write("wharf.toml", text);
+    let config = wharf::config::load(&path).expect("a valid config");
+    let options = wharf::StartOptions {
+        config_path: Some(path),
+        ..Default::default()
+    };
+    wharf::start_with(config, options)
+        .await
+        .expect("wharf starts")
+}
+
 /// The address of the listener called `public`, which every helper config uses.
 pub fn public(running: &Running) -> SocketAddr {
     running
