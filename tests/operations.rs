@@ -137,7 +137,7 @@ impl Prometheus {
         let dir = TempDir::new("prometheus");
         let config = dir.write(
             "prometheus.yml",
-            &format!(
+            format!(
                 "global:\n  scrape_interval: 200ms\n  scrape_timeout: 200ms\n\
                  scrape_configs:\n  - job_name: wharf\n    static_configs:\n      - targets: [\"{target}\"]\n"
             ),

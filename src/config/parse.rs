@@ -16,12 +16,13 @@ use super::reader::{
     Collector, DurationStr, Field, Read, Table, closest, is_bare_key_char, type_name,
 };
 use super::{
-    AccessLogConfig, AccessLogFormat, AccessLogTarget, AdminConfig, BalanceConfig, CertificatePaths, Config, ConfigErrors, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_IDLE_CONNECTIONS, DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE,
-    DEFAULT_LISTENER_MAX_CONNECTIONS, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES, EjectionPolicy, HashKey,
-    HealthCheck, HealthConfig, HostMatch, LearnSource, Limits, ListenerConfig, ListenerTimeouts,
-    ListenerTls, Plaintext, PoolConfig, PoolMode, PoolTimeouts, ProxyVersion, RouteConfig,
-    SameSite, ServerConfig, StickyConfig, StickyCookie, StickyLearn, parse_duration,
+    AccessLogConfig, AccessLogFormat, AccessLogTarget, AdminConfig, BalanceConfig,
+    CertificatePaths, Config, ConfigErrors, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_CONNECTIONS,
+    DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE, DEFAULT_LISTENER_MAX_CONNECTIONS,
+    DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES, EjectionPolicy, HashKey, HealthCheck, HealthConfig,
+    HostMatch, LearnSource, Limits, ListenerConfig, ListenerTimeouts, ListenerTls, Plaintext,
+    PoolConfig, PoolMode, PoolTimeouts, ProxyVersion, RouteConfig, SameSite, ServerConfig,
+    StickyConfig, StickyCookie, StickyLearn, parse_duration,
 };
 
 /// Contract keys and values (DESIGN.md) that this version recognises but does
