@@ -93,10 +93,16 @@ bind = "{admin}"
 name = "demo"
 bind = "{bind}"
 {tls}
-# WebSockets: first match wins, so /ws goes to the realtime pool...
+# First match wins. /ws (a session: polling on /ws/poll, then a websocket)
+# goes to the realtime pool, which keeps each browser on one server...
 [[listener.route]]
 path_prefix = "/ws"
 pool = "realtime"
+
+# ...the page's /live websockets are spread over the live pool...
+[[listener.route]]
+path_prefix = "/live"
+pool = "live"
 
 # ...and everything else (the page, /api/whoami) to the web pool.
 [[listener.route]]
@@ -104,6 +110,15 @@ pool = "web"
 
 [pool.realtime]
 balance = "least_conn"
+sticky = {{ cookie = "wharf_demo", secret = "demo-only-not-a-secret" }}
+servers = [
+{list}]
+
+# Drain a server on the status page: its websockets here are closed after
+# drain_timeout and reconnect to the others.
+[pool.live]
+balance = "least_conn"
+drain_timeout = "5s"
 servers = [
 {list}]
 
@@ -232,12 +247,12 @@ async fn serve(listener: TcpListener, name: Arc<str>) {
 /// Answers one request to the demo server called `name`.
 fn handle(req: Request<Incoming>, name: Arc<str>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (_, "/ws") => websocket(req, name),
+        (_, "/ws" | "/live") => websocket(req, name),
         (&Method::GET, "/") => {
             let page = PAGE.replace("{{SERVER}}", &name);
             reply(StatusCode::OK, "text/html; charset=utf-8", page)
         }
-        (&Method::GET, "/api/whoami") => {
+        (&Method::GET, "/api/whoami" | "/ws/poll") => {
             let json = format!("{{\"server\":\"{name}\"}}");
             reply(StatusCode::OK, "application/json", json)
         }
@@ -426,11 +441,21 @@ mod tests {
             .iter()
             .map(|r| (r.path_prefix.as_deref(), r.pool.as_str()))
             .collect();
-        assert_eq!(routes, [(Some("/ws"), "realtime"), (None, "web")]);
+        assert_eq!(
+            routes,
+            [
+                (Some("/ws"), "realtime"),
+                (Some("/live"), "live"),
+                (None, "web")
+            ]
+        );
+        assert!(config.pool("realtime").unwrap().sticky.is_some());
+        assert!(crate::config::warnings(&config).is_empty());
 
         let expected: Vec<_> = servers.addrs.iter().map(|(_, a)| (*a, 1)).collect();
         for (pool, balance) in [
             ("realtime", crate::config::BalanceConfig::LeastConn),
+            ("live", crate::config::BalanceConfig::LeastConn),
             ("web", crate::config::BalanceConfig::RoundRobin),
         ] {
             let pool = config.pool(pool).unwrap();

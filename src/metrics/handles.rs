@@ -112,7 +112,7 @@ impl RouteMetrics {
 /// `Default` gives counters registered nowhere (unit tests).
 #[derive(Clone, Debug)]
 pub struct ServerMetrics {
-    /// Each attempt sent to the server.
+    /// Each attempt sent to the server (a TCP pool: each connection attempt).
     pub requests: Counter,
     pub responses: ByClass,
     /// Body and tunnel bytes, each way.
