@@ -549,3 +549,43 @@ async fn counters_survive_a_reload_that_reorders_servers_and_routes() {
         metrics.text()
     );
 }
+
+// ------------------------------------------------------------------ process logs
+
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_per_line() {
+    use std::io::BufRead;
+    let dir = TempDir::new("log-format");
+    let config = dir.write(
+        "wharf.toml",
+        "[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\
+         [[listener.route]]\npool = \"p\"\n[pool.p]\nservers = [\"127.0.0.1:9\"]\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["--log-format", "json", "run"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wharf");
+    let stderr = child.stderr.take().expect("stderr");
+    let first = within(
+        "a first log line",
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stderr)
+                .read_line(&mut line)
+                .map(|_| line)
+        }),
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = first.expect("the reader").expect("a line");
+    let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(value["level"], "INFO", "{value}");
+    assert!(value["message"].is_string(), "{value}");
+    assert!(value["timestamp"].is_string(), "{value}");
+}
