@@ -13,6 +13,7 @@ use tokio::sync::{Notify, watch};
 use super::idle::IdlePool;
 use super::state::{AdminState, Change, Outcome, ServerState};
 use crate::config::PoolConfig;
+use crate::metrics::ServerMetrics;
 
 /// Cause recorded when a reload takes a server out of its pool.
 const REMOVED_BY_RELOAD: &str = "removed from the config by a reload";
@@ -48,6 +49,8 @@ pub struct Server {
     drained_by_removal: AtomicBool,
     /// Whether an active health-check task runs for it.
     checking: AtomicBool,
+    /// Its counters, kept with its identity across reloads.
+    pub metrics: ServerMetrics,
 }
 
 impl Server {
@@ -57,6 +60,7 @@ impl Server {
         address: SocketAddr,
         weight: u32,
         released: Arc<Notify>,
+        metrics: ServerMetrics,
     ) -> Self {
         let server = Server {
             address,
@@ -74,6 +78,7 @@ impl Server {
             removed: AtomicBool::new(false),
             drained_by_removal: AtomicBool::new(false),
             checking: AtomicBool::new(false),
+            metrics,
         };
         server.configure(config, weight);
         server
@@ -168,6 +173,7 @@ impl Server {
             .lock()
             .record_outcome(outcome, &policy, Instant::now(), cause, may_eject);
         if let Some(change) = change {
+            self.metrics.ejections.inc();
             self.maybe_ejected.store(true, Ordering::Relaxed);
             self.idle.clear();
             self.log_change(&change);
