@@ -50,6 +50,15 @@ impl Snapshot {
         self.config.listeners.iter().find(|l| l.name == name)
     }
 
+    /// The listener a connection to `local` belongs to now, when the one it
+    /// was accepted by was renamed by a reload (same socket, new name).
+    pub fn listener_bound_to(&self, local: std::net::SocketAddr) -> Option<&ListenerConfig> {
+        self.config.listeners.iter().find(|l| {
+            l.bind.port() == local.port()
+                && (l.bind.ip() == local.ip() || l.bind.ip().is_unspecified())
+        })
+    }
+
     /// The TLS terminator of the listener called `name`, if it has TLS.
     pub fn tls(&self, listener: &str) -> Option<&Arc<TlsTerminator>> {
         self.tls.get(listener)

@@ -37,6 +37,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::snapshot::Shared;
 
+/// How long a connection told to stop still waits for a request that may be
+/// on its way before it closes when idle.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What wharf knows of a client connection, for every request on it.
 #[derive(Debug)]
 pub struct ClientConnection {
@@ -103,8 +107,18 @@ where
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = stop.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            // A client whose request is already on its way (a connection
+            // accepted just before the stop) gets it served: the connection
+            // has a moment to receive it before hyper closes it when idle.
+            let grace = tokio::time::sleep(STOP_GRACE);
+            tokio::pin!(grace);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = &mut grace => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
         }
     };
     if let Err(e) = result {

@@ -116,6 +116,7 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, Failure> {
     let listener = snapshot
         .listener(&client.listener)
+        .or_else(|| snapshot.listener_bound_to(client.local))
         .ok_or(ProxyError::ListenerRemoved)?;
     let framing = request.extensions().get::<FramingFault>().copied();
     let normalized = strict::check_request(
