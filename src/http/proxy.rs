@@ -210,8 +210,10 @@ async fn forward(
             response,
             client_upgrade,
             guard,
-            pool.config.timeouts.tunnel_idle,
-            pool.config.timeouts.response,
+            upgrade::TunnelTimeouts {
+                idle: pool.config.timeouts.tunnel_idle,
+                handover: pool.config.timeouts.response,
+            },
             client.clone(),
             &shared.tasks,
             exchange.tunnel(client, shared),

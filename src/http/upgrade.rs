@@ -20,6 +20,13 @@ use super::{ClientConnection, headers};
 use crate::tunnel::{self, TunnelEnd};
 use crate::upstream::ActiveGuard;
 
+/// The deadlines of a tunnel: its idle timeout and its hand-over.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelTimeouts {
+    pub idle: Duration,
+    pub handover: Duration,
+}
+
 /// Answers the client with the server's 101 and, once hyper has handed over
 /// both connections, runs the tunnel in its own task. The tunnel stays
 /// counted on its server (`guard`) for as long as it is open. The hand-over
@@ -29,12 +36,15 @@ pub fn start_tunnel(
     mut server_response: Response<Incoming>,
     client_upgrade: OnUpgrade,
     guard: ActiveGuard,
-    idle_timeout: Duration,
-    handover: Duration,
+    timeouts: TunnelTimeouts,
     connection: Arc<ClientConnection>,
     tasks: &TaskTracker,
     record: TunnelRecord,
 ) -> Response<ResponseBody> {
+    let TunnelTimeouts {
+        idle: idle_timeout,
+        handover,
+    } = timeouts;
     let server_upgrade = hyper::upgrade::on(&mut server_response);
     let (mut parts, _) = server_response.into_parts();
     let protocol = headers::upgrade_protocol(&parts.headers).unwrap_or_default();
