@@ -68,12 +68,16 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
         };
         pool.record_outcome(&server, Outcome::Success, "connected");
         let drained = server.drained();
+        let settings = tunnel::Settings {
+            idle_timeout: pool.config.timeouts.tunnel_idle,
+            websocket: None,
+        };
+        let control = tunnel::TunnelControl::new();
         let report = tunnel::run(
-            client,
-            stream,
-            Bytes::new(),
-            Bytes::new(),
-            pool.config.timeouts.tunnel_idle,
+            (client, Bytes::new()),
+            (stream, Bytes::new()),
+            settings,
+            control,
             drained,
         )
         .await;

@@ -185,7 +185,7 @@ async fn forward(
             response,
             client_upgrade,
             guard,
-            pool.config.timeouts.tunnel_idle,
+            (pool.config.timeouts.tunnel_idle, route.websocket),
             client.clone(),
             &shared.tasks,
         ));

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Response;
+use http::{HeaderMap, Response, header};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -16,23 +16,29 @@ use tokio_util::task::TaskTracker;
 use super::body::{self, ResponseBody};
 use super::framing::Tapped;
 use super::{ClientConnection, headers};
-use crate::tunnel::{self, TunnelEnd};
+use crate::config::WebSocketRoute;
+use crate::tunnel::{self, Extensions, Settings, TunnelControl, TunnelEnd, WebSocketSettings};
 use crate::upstream::ActiveGuard;
 
 /// Answers the client with the server's 101 and, once hyper has handed over
 /// both connections, runs the tunnel in its own task. The tunnel stays
-/// counted on its server (`guard`) for as long as it is open.
+/// counted on its server (`guard`) for as long as it is open. A `websocket`
+/// upgrade is followed frame by frame with the route's `ws_*` settings.
 pub fn start_tunnel(
     mut server_response: Response<Incoming>,
     client_upgrade: OnUpgrade,
     guard: ActiveGuard,
-    idle_timeout: Duration,
+    (idle_timeout, route): (Duration, WebSocketRoute),
     connection: Arc<ClientConnection>,
     tasks: &TaskTracker,
 ) -> Response<ResponseBody> {
     let server_upgrade = hyper::upgrade::on(&mut server_response);
     let (mut parts, _) = server_response.into_parts();
     let protocol = headers::upgrade_protocol(&parts.headers).unwrap_or_default();
+    let settings = Settings {
+        idle_timeout,
+        websocket: (protocol == "websocket").then(|| websocket_settings(&parts.headers, route)),
+    };
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::set_upgrade(&mut parts.headers, &protocol);
 
@@ -53,42 +59,31 @@ pub fn start_tunnel(
             tracing::error!(%client, %server, "upgraded server connection is not a TCP stream; closing it");
             return;
         };
-        let (server_stream, server_early) = (server_side.io.into_inner(), server_side.read_buf);
+        let server_side = (server_side.io.into_inner(), server_side.read_buf);
+        let control = TunnelControl::new();
         // The client side is wrapped in the framing tap (see `serve`); the
         // tunnel takes the bare stream from under it.
         let report = match client_io.downcast::<TokioIo<Tapped<TcpStream>>>() {
             Ok(plain) => {
-                let (stream, early) = (plain.io.into_inner().into_inner(), plain.read_buf);
-                tunnel::run(
-                    stream,
-                    server_stream,
-                    early,
-                    server_early,
-                    idle_timeout,
-                    drained,
-                )
-                .await
+                let client_side = (plain.io.into_inner().into_inner(), plain.read_buf);
+                tunnel::run(client_side, server_side, settings, control, drained).await
             }
-            Err(client_io) => match client_io.downcast::<TokioIo<Tapped<TlsStream<TcpStream>>>>() {
-                Ok(tls) => {
-                    let (stream, early) = (tls.io.into_inner().into_inner(), tls.read_buf);
-                    // Boxed: its state is large, and must not make every
-                    // plain websocket's task as big as a TLS one's.
-                    Box::pin(tunnel::run_generic(
-                        stream,
-                        server_stream,
-                        early,
-                        server_early,
-                        idle_timeout,
-                        drained,
-                    ))
-                    .await
-                }
-                Err(_) => {
+            Err(client_io) => {
+                let Some(client_side) = tls_client(client_io) else {
                     tracing::error!(%client, %server, "upgraded client connection of an unknown kind; closing it");
                     return;
-                }
-            },
+                };
+                // Boxed: its state is large, and must not make every plain
+                // websocket's task as big as a TLS one's.
+                Box::pin(tunnel::run(
+                    client_side,
+                    server_side,
+                    settings,
+                    control,
+                    drained,
+                ))
+                .await
+            }
         };
         drop(guard);
         drop(connection);
@@ -101,4 +96,27 @@ pub fn start_tunnel(
     });
 
     Response::from_parts(parts, body::empty())
+}
+
+fn tls_client(upgraded: Upgraded) -> Option<(TlsStream<TcpStream>, bytes::Bytes)> {
+    let tls = upgraded
+        .downcast::<TokioIo<Tapped<TlsStream<TcpStream>>>>()
+        .ok()?;
+    Some((tls.io.into_inner().into_inner(), tls.read_buf))
+}
+
+/// The route's settings, and the reserved bits the extensions the server
+/// accepted in its 101 may use.
+fn websocket_settings(headers: &HeaderMap, route: WebSocketRoute) -> WebSocketSettings {
+    let extensions = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .map(|value| value.to_str().unwrap_or("unreadable"));
+    WebSocketSettings {
+        extensions: Extensions::negotiated(extensions),
+        ping: route.ping,
+        pong_timeout: route.pong_timeout,
+        max_message: route.max_message,
+        stats: Vec::new(),
+    }
 }
