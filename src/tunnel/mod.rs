@@ -103,16 +103,19 @@ pub struct TunnelReport {
 /// the other side first; they are dropped once sent, since they may share an
 /// allocation with hyper's whole read buffer. When `drained` resolves (the
 /// server's drain deadline), the tunnel is cut.
-pub async fn run<C, S>(
+///
+/// Not an `async fn`: the tunnel itself is the future, so that a task holding
+/// an idle tunnel is no bigger than the tunnel's own state.
+pub fn run<C, S>(
     client: (C, Bytes),
     server: (S, Bytes),
     settings: Settings,
     control: Arc<TunnelControl>,
     drained: impl Future<Output = ()>,
-) -> TunnelReport
+) -> impl Future<Output = TunnelReport>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    pipe::Tunnel::new(client, server, settings, control, drained).await
+    pipe::Tunnel::new(client, server, settings, control, drained)
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod accept_any;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
