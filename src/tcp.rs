@@ -73,6 +73,8 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
             websocket: None,
         };
         let control = tunnel::TunnelControl::new();
+        // Found from the server's live state while open: drains close it.
+        let _registration = server.tunnels.register(control.clone());
         let report = tunnel::run(
             (client, Bytes::new()),
             (stream, Bytes::new()),

@@ -17,7 +17,9 @@ use super::body::{self, ResponseBody};
 use super::framing::Tapped;
 use super::{ClientConnection, headers};
 use crate::config::WebSocketRoute;
-use crate::tunnel::{self, Extensions, Settings, TunnelControl, TunnelEnd, WebSocketSettings};
+use crate::tunnel::{
+    self, Extensions, Settings, TunnelControl, TunnelEnd, WebSocketSettings, WsStats,
+};
 use crate::upstream::ActiveGuard;
 
 /// Answers the client with the server's 101 and, once hyper has handed over
@@ -37,7 +39,10 @@ pub fn start_tunnel(
     let protocol = headers::upgrade_protocol(&parts.headers).unwrap_or_default();
     let settings = Settings {
         idle_timeout,
-        websocket: (protocol == "websocket").then(|| websocket_settings(&parts.headers, route)),
+        websocket: (protocol == "websocket").then(|| {
+            let server_stats = guard.server().tunnels.stats();
+            websocket_settings(&parts.headers, route, vec![server_stats])
+        }),
     };
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::set_upgrade(&mut parts.headers, &protocol);
@@ -61,6 +66,8 @@ pub fn start_tunnel(
         };
         let server_side = (server_side.io.into_inner(), server_side.read_buf);
         let control = TunnelControl::new();
+        // Found from the server's live state while open: drains close it gently.
+        let _registration = guard.server().tunnels.register(control.clone());
         // The client side is wrapped in the framing tap (see `serve`); the
         // tunnel takes the bare stream from under it.
         let report = match client_io.downcast::<TokioIo<Tapped<TcpStream>>>() {
@@ -107,7 +114,11 @@ fn tls_client(upgraded: Upgraded) -> Option<(TlsStream<TcpStream>, bytes::Bytes)
 
 /// The route's settings, and the reserved bits the extensions the server
 /// accepted in its 101 may use.
-fn websocket_settings(headers: &HeaderMap, route: WebSocketRoute) -> WebSocketSettings {
+fn websocket_settings(
+    headers: &HeaderMap,
+    route: WebSocketRoute,
+    stats: Vec<Arc<WsStats>>,
+) -> WebSocketSettings {
     let extensions = headers
         .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
         .iter()
@@ -117,6 +128,6 @@ fn websocket_settings(headers: &HeaderMap, route: WebSocketRoute) -> WebSocketSe
         ping: route.ping,
         pong_timeout: route.pong_timeout,
         max_message: route.max_message,
-        stats: Vec::new(),
+        stats,
     }
 }

@@ -51,6 +51,8 @@ impl Registry {
     pub fn reconcile(&self, config: &Config) -> Reconciled {
         let mut servers = lock(&self.servers);
         let mut pools = lock(&self.pools);
+        // At start every server is new; only those a reload adds ramp up.
+        let reload = !servers.is_empty();
         let mut wanted = HashSet::new();
         let mut added = Vec::new();
         let mut built = HashMap::new();
@@ -79,6 +81,9 @@ impl Registry {
                                 s.weight,
                                 live.released.clone(),
                             ));
+                            if reload {
+                                server.slow_start.begin(std::time::Instant::now());
+                            }
                             servers.insert(id, server.clone());
                             added.push(server.clone());
                             server

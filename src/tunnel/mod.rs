@@ -21,6 +21,7 @@ mod control;
 mod flow;
 pub mod frame;
 mod keepalive;
+mod open;
 mod pipe;
 pub mod stats;
 
@@ -33,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use control::TunnelControl;
 pub use frame::{Extensions, Sender, Violation};
+pub use open::{OpenTunnels, Registration};
 pub use pipe::CLOSE_HANDSHAKE_TIMEOUT;
 pub use stats::WsStats;
 
