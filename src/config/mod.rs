@@ -9,8 +9,8 @@ mod duration;
 mod error;
 mod parse;
 mod reader;
-mod warnings;
 mod size;
+mod warnings;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,8 +19,8 @@ use std::time::Duration;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use parse::parse_str;
-pub use warnings::warnings;
 pub use size::parse_size;
+pub use warnings::warnings;
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
