@@ -315,3 +315,52 @@ async fn fragmented_messages_arrive_whole_with_wharf_pings_between_fragments() {
         "the 3 MiB message reached the server whole"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_bytes_open_websockets_and_closes_are_counted_per_route_and_server() {
+    use wharf::tunnel::stats::{Direction, Side};
+
+    let mut backend = WsBackend::start().await;
+    let running = wharf(backend.addr, "").await;
+    let mut ws = connect(&running, "/counted").await;
+    let mut conn = backend.next_conn().await;
+    let registry = &running.shared().registry;
+    let server = registry.servers()[0].tunnels.stats();
+    let (_, route) = registry
+        .websocket_routes
+        .all()
+        .pop()
+        .expect("the route's counters");
+    assert_eq!((server.open(), route.open()), (1, 1));
+
+    for text in ["one", "two", "three"] {
+        within("send", ws.send(Message::text(text)))
+            .await
+            .expect("send");
+        assert_eq!(next(&mut ws).await, Message::text(text));
+        assert_eq!(conn.next_message().await, Message::text(text));
+    }
+    within("close", ws.close(None)).await.expect("close");
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    drop(ws);
+    // The tunnel ends once both sides have closed their connections.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.open() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for stats in [&server, &route] {
+        assert_eq!(stats.open(), 0);
+        assert_eq!(stats.messages(Direction::ClientToServer), 3);
+        assert_eq!(stats.messages(Direction::ServerToClient), 3);
+        // "one" "two" "three": 11 payload bytes, plus headers (6 masked, 2 not) and the closes.
+        assert!(stats.bytes(Direction::ClientToServer) >= 11 + 3 * 6);
+        assert!(stats.bytes(Direction::ServerToClient) >= 11 + 3 * 2);
+        assert_eq!(
+            stats.closes(Side::Client, 1005),
+            1,
+            "{:?}",
+            stats.close_counts()
+        );
+        assert_eq!(stats.close_counts().len(), 1);
+    }
+}

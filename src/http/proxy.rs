@@ -185,7 +185,11 @@ async fn forward(
             response,
             client_upgrade,
             guard,
-            (pool.config.timeouts.tunnel_idle, route.websocket),
+            upgrade::TunnelRoute {
+                idle_timeout: pool.config.timeouts.tunnel_idle,
+                websocket: route.websocket,
+                stats: shared.registry.websocket_routes.of(&listener.name, route),
+            },
             client.clone(),
             &shared.tasks,
         ));

@@ -22,6 +22,16 @@ use crate::tunnel::{
 };
 use crate::upstream::ActiveGuard;
 
+/// What the route and pool of an upgrade say about its tunnel.
+pub struct TunnelRoute {
+    /// The pool's `timeouts.tunnel_idle`.
+    pub idle_timeout: Duration,
+    /// The route's `ws_*` settings.
+    pub websocket: WebSocketRoute,
+    /// The route's websocket counters.
+    pub stats: Arc<WsStats>,
+}
+
 /// Answers the client with the server's 101 and, once hyper has handed over
 /// both connections, runs the tunnel in its own task. The tunnel stays
 /// counted on its server (`guard`) for as long as it is open. A `websocket`
@@ -30,7 +40,7 @@ pub fn start_tunnel(
     mut server_response: Response<Incoming>,
     client_upgrade: OnUpgrade,
     guard: ActiveGuard,
-    (idle_timeout, route): (Duration, WebSocketRoute),
+    route: TunnelRoute,
     connection: Arc<ClientConnection>,
     tasks: &TaskTracker,
 ) -> Response<ResponseBody> {
@@ -38,10 +48,10 @@ pub fn start_tunnel(
     let (mut parts, _) = server_response.into_parts();
     let protocol = headers::upgrade_protocol(&parts.headers).unwrap_or_default();
     let settings = Settings {
-        idle_timeout,
+        idle_timeout: route.idle_timeout,
         websocket: (protocol == "websocket").then(|| {
-            let server_stats = guard.server().tunnels.stats();
-            websocket_settings(&parts.headers, route, vec![server_stats])
+            let stats = vec![route.stats, guard.server().tunnels.stats()];
+            websocket_settings(&parts.headers, route.websocket, stats)
         }),
     };
     headers::remove_hop_by_hop(&mut parts.headers);

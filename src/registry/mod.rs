@@ -33,6 +33,8 @@ pub struct Registry {
     pools: Mutex<HashMap<String, Arc<PoolLive>>>,
     servers: Mutex<HashMap<ServerId, Arc<Server>>>,
     pub listeners: Listeners,
+    /// Websocket counters per route (per server: in each [`Server`]).
+    pub websocket_routes: crate::tunnel::RouteStats,
 }
 
 /// What reconciling the registry with a config gave.

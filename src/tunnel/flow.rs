@@ -158,6 +158,12 @@ pub(super) struct Flow {
 
 impl Flow {
     pub fn new(early: Bytes, tracker: Option<FrameTracker>) -> Self {
+        // Even an empty `Bytes` may hold hyper's whole read buffer alive.
+        let early = if early.is_empty() {
+            Bytes::new()
+        } else {
+            early
+        };
         Flow {
             bytes: early.len() as u64,
             early,

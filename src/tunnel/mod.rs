@@ -23,6 +23,7 @@ pub mod frame;
 mod keepalive;
 mod open;
 mod pipe;
+mod routes;
 pub mod stats;
 
 use std::io;
@@ -36,6 +37,7 @@ pub use control::TunnelControl;
 pub use frame::{Extensions, Sender, Violation};
 pub use open::{OpenTunnels, Registration};
 pub use pipe::CLOSE_HANDSHAKE_TIMEOUT;
+pub use routes::{RouteId, RouteStats};
 pub use stats::WsStats;
 
 /// How a tunnel behaves.
