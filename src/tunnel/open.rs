@@ -85,7 +85,10 @@ impl OpenTunnels {
             let controls: Vec<_> = inner.open.values().cloned().collect();
             (controls, inner.generation)
         };
-        if window.is_zero() || controls.len() <= 1 {
+        if controls.is_empty() {
+            return;
+        }
+        if window.is_zero() {
             controls.iter().for_each(|c| c.close_gently());
             return;
         }
