@@ -155,14 +155,26 @@ pub fn offer(mut channel: UnixStream, sockets: &[(SocketAddr, TcpListener)]) -> 
     Ok(answer.trim_end() == "ready")
 }
 
-/// Listens on `path` for the next wharf (replacing a stale socket file).
+/// Listens on `path` for the next wharf (replacing a stale socket file),
+/// readable and writable by wharf's own user only: whoever connects gets
+/// every listening socket and stops this wharf.
 pub fn listen(path: &Path) -> io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    tokio::net::UnixListener::bind(path)
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Whether the peer of `channel` runs as wharf's own user (or root).
+fn same_user(channel: &tokio::net::UnixStream) -> bool {
+    let ours = rustix::process::getuid();
+    rustix::net::sockopt::socket_peercred(channel)
+        .is_ok_and(|peer| peer.uid == ours || peer.uid.is_root())
 }
 
 /// Serves handover requests on `listener` until a new wharf has taken the
@@ -177,6 +189,10 @@ pub async fn serve(listener: tokio::net::UnixListener, running: crate::Running) 
                 continue;
             }
         };
+        if !same_user(&channel) {
+            tracing::warn!("handover socket: a process of another user connected; refused");
+            continue;
+        }
         let sockets = running.listening_sockets();
         let offered = tokio::task::spawn_blocking(move || {
             let channel = channel.into_std()?;

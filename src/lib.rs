@@ -54,4 +54,7 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use runtime::{Running, StartError, StartOptions, start, start_with};

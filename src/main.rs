@@ -116,11 +116,10 @@ async fn run(
         inherited,
     };
     let running = wharf::start_with(config, options).await?;
+    // The next upgrade's socket is ready before the old wharf is told to
+    // stop, so that a failure here leaves the old one serving.
     let successor = match &upgrade_socket {
         Some(socket) => {
-            if let Some(channel) = channel {
-                channel.ready().context("telling the old wharf we serve")?;
-            }
             let listener = wharf::handover::listen(socket)
                 .with_context(|| format!("cannot listen on {}", socket.display()))?;
             Some(tokio::spawn(wharf::handover::serve(
@@ -130,11 +129,15 @@ async fn run(
         }
         None => None,
     };
+    // systemd learns the new main process before the old one stops.
+    wharf::systemd::ready();
+    if let Some(channel) = channel {
+        channel.ready().context("telling the old wharf we serve")?;
+    }
     reload_on_sighup(&running);
     if upgrade_socket.is_some() {
         upgrade_on_sigusr2();
     }
-    wharf::systemd::ready();
     let taken_over = async {
         match successor {
             Some(task) => {
@@ -143,17 +146,21 @@ async fn run(
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        () = stop_signal() => {}
-        () = taken_over => {}
-    }
+    let handed_over = tokio::select! {
+        () = stop_signal() => false,
+        () = taken_over => true,
+    };
     // A second signal while stopping exits at once.
     tokio::spawn(async {
         stop_signal().await;
         tracing::warn!("second stop signal: exiting now");
         std::process::exit(1);
     });
-    wharf::systemd::stopping();
+    // After a handover the service goes on in the new process: systemd
+    // must not hear that it stops.
+    if !handed_over {
+        wharf::systemd::stopping();
+    }
     // As the config says now: a reload may have changed it.
     let shutdown_timeout = running.shared().snapshot().config.shutdown_timeout;
     let finished = running.stop(shutdown_timeout).await;

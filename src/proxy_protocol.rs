@@ -214,6 +214,22 @@ pub fn encode_v1(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     line.into_bytes()
 }
 
+/// A header that names no client: v1 `PROXY UNKNOWN`, v2 `LOCAL` (what a
+/// connection of wharf's own, a health check, starts with).
+pub fn encode_local(version: crate::config::ProxyVersion) -> Vec<u8> {
+    match version {
+        crate::config::ProxyVersion::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        crate::config::ProxyVersion::V2 => {
+            let mut out = Vec::with_capacity(V2_FIXED_LEN);
+            out.extend_from_slice(&V2_SIGNATURE);
+            out.push(0x20 | V2_COMMAND_LOCAL);
+            out.push(0x00); // AF_UNSPEC, UNSPEC
+            out.extend_from_slice(&0u16.to_be_bytes());
+            out
+        }
+    }
+}
+
 /// Encodes a v2 (binary) header: command PROXY, TCP over IPv4 or IPv6, no
 /// TLVs. Addresses are made one family as [`encode_v1`] does.
 pub fn encode_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {

@@ -72,6 +72,9 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
             idle_timeout: pool.config.timeouts.tunnel_idle,
             websocket: None,
         };
+        // The tunnel may last hours: it holds its server, not the pool of
+        // a config snapshot that a reload replaces.
+        drop(pool);
         let control = tunnel::TunnelControl::new();
         // Found from the server's live state while open: drains close it.
         let _registration = server.tunnels.register(control.clone());
@@ -83,7 +86,7 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
             drained,
         )
         .await;
-        tracing::debug!(%listener, client = %from.peer, pool = pool.name(), server = %server.address, ?report, "TCP tunnel closed");
+        tracing::debug!(%listener, client = %from.peer, pool = %server.pool, server = %server.address, ?report, "TCP tunnel closed");
         drop(guard);
         return;
     }

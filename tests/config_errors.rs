@@ -142,6 +142,7 @@ fn full_config_parses_into_the_model() {
             tunnel_idle: Duration::from_secs(5400),
             server_idle: Duration::from_millis(500),
             queue: Duration::from_secs(5),
+            upload_idle: Duration::from_secs(10),
         }
     );
     assert_eq!(realtime.idle_connections, 0);

@@ -548,13 +548,14 @@ async fn shutdown_stops_checks() {
 
 // ------------------------------------------------------------------ passive ejection
 
-/// Three 500s in a row eject a server for `base_time` (300ms): it gets no
-/// request meanwhile, then it is tried again.
+/// Three 503s in a row (gateway failures; a 500 does not count) eject a
+/// server for `base_time` (300ms): it gets no request meanwhile, then it is
+/// tried again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_eject_a_server_for_base_time() {
     let good = Backend::start("good").await;
     let bad = Backend::start("bad").await;
-    bad.knobs.status.store(500, Ordering::SeqCst);
+    bad.knobs.status.store(503, Ordering::SeqCst);
     let base_time = Duration::from_millis(300);
     let extra = "ejection = { server_errors = 3, base_time = \"300ms\", max_time = \"2s\" }";
     let (running, wharf) = start_wharf(&[good.addr, bad.addr], extra).await;
@@ -564,7 +565,7 @@ async fn server_errors_eject_a_server_for_base_time() {
         let (status, body) = get(wharf).await;
         match status {
             200 => assert_eq!(body, "good"),
-            500 => {
+            503 => {
                 assert_eq!(body, "bad");
                 errors += 1;
                 if errors == 3 {
@@ -574,7 +575,7 @@ async fn server_errors_eject_a_server_for_base_time() {
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    assert_eq!(errors, 3, "500s never reached the client three times");
+    assert_eq!(errors, 3, "503s never reached the client three times");
     let ejected = Instant::now();
     assert!(
         server(&running, bad.addr).state().ejected_until.is_some(),
@@ -589,7 +590,7 @@ async fn server_errors_eject_a_server_for_base_time() {
             "the ejected server never came back"
         );
         let (status, body) = get(wharf).await;
-        if status == 500 {
+        if status == 503 {
             assert_eq!(body, "bad");
             break ejected.elapsed();
         }

@@ -137,12 +137,12 @@ fn request_vectors() -> Vec<Vector> {
             with_headers("GET", "", "").replace_path(&format!("/{}", long_value(8000))),
             Pass,
         ),
-        // (The test server's own limit is 100 fields, and wharf adds 4.)
+        // (The test server's own limit is 100 fields, and wharf adds 6.)
         v(
-            "95 fields",
+            "90 fields",
             with_headers(
                 "GET",
-                &(0..94)
+                &(0..89)
                     .map(|i| format!("X-F{i}: {i}\r\n"))
                     .collect::<String>(),
                 "",
@@ -787,4 +787,32 @@ async fn a_well_formed_raw_response_passes_and_its_connection_is_kept() {
         assert_eq!(response.text(), "ok");
     }
     assert_eq!(server.accepted(), 1, "the server connection was not reused");
+}
+
+/// The status another proxy gives each request vector, for comparison:
+/// `STRICTNESS_AGAINST=127.0.0.1:PORT cargo test --release --test strictness
+/// -- --ignored --nocapture` (say HAProxy or nginx answering 200 for any
+/// request it accepts). Prints a table; asserts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs STRICTNESS_AGAINST: another proxy to compare with"]
+async fn compare_with_another_proxy() {
+    let Ok(other) = std::env::var("STRICTNESS_AGAINST") else {
+        return;
+    };
+    let other: SocketAddr = other.parse().expect("STRICTNESS_AGAINST=IP:PORT");
+    for vector in request_vectors() {
+        let mut client = RawClient::connect(other).await;
+        client.send(&vector.bytes).await;
+        let (bytes, _) = client.read_until_closed(Duration::from_secs(2)).await;
+        let text = String::from_utf8_lossy(&bytes);
+        let status = text
+            .strip_prefix("HTTP/1.1 ")
+            .or_else(|| text.strip_prefix("HTTP/1.0 "))
+            .and_then(|rest| rest.get(..3))
+            .unwrap_or(if bytes.is_empty() { "closed" } else { "?" });
+        eprintln!(
+            "| {} | wharf: {:?} | other: {status} |",
+            vector.name, vector.expect
+        );
+    }
 }

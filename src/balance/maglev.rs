@@ -24,12 +24,22 @@ pub struct Maglev {
 }
 
 impl Maglev {
-    /// Builds the table for servers named by `names` (their addresses) with `weights`.
+    /// Builds the table for servers named by `names` (their addresses) with
+    /// `weights`. The table does not depend on the order of the list (it is
+    /// filled in the order of the names), so listing the same servers in
+    /// another order moves no key.
     pub fn new(names: &[String], weights: &[u32]) -> Maglev {
         let n = names.len();
         if n == 0 {
             return Maglev { table: Vec::new() };
         }
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| names[a].cmp(&names[b]));
+        let names: Vec<&String> = order.iter().map(|&i| &names[i]).collect();
+        let weights: Vec<u32> = order
+            .iter()
+            .map(|&i| weights.get(i).copied().unwrap_or(1))
+            .collect();
         let m = TABLE_SIZE as u64;
         let permutation: Vec<(u64, u64)> = names
             .iter()
@@ -39,9 +49,7 @@ impl Maglev {
                 (offset, skip)
             })
             .collect();
-        let weights: Vec<u32> = (0..n)
-            .map(|i| weights.get(i).copied().unwrap_or(1).max(1))
-            .collect();
+        let weights: Vec<u32> = weights.iter().map(|w| (*w).max(1)).collect();
         let mut next = vec![0u64; n];
         let mut table = vec![u32::MAX; TABLE_SIZE];
         let mut filled = 0;
@@ -54,7 +62,7 @@ impl Maglev {
                         next[i] += 1;
                         slot = ((offset + next[i] * skip) % m) as usize;
                     }
-                    table[slot] = i as u32;
+                    table[slot] = order[i] as u32;
                     next[i] += 1;
                     filled += 1;
                     if filled == TABLE_SIZE {
@@ -203,5 +211,21 @@ mod tests {
             "{moved_to:?}"
         );
         assert_eq!(maglev.pick(1, &|_| false), None);
+    }
+
+    #[test]
+    fn the_order_of_the_list_moves_no_key() {
+        let names: Vec<String> = (1..=5).map(|i| format!("10.0.0.{i}:80")).collect();
+        let weights = [1, 2, 1, 3, 1];
+        let forward = Maglev::new(&names, &weights);
+        let reversed_names: Vec<String> = names.iter().rev().cloned().collect();
+        let reversed_weights: Vec<u32> = weights.iter().rev().copied().collect();
+        let reversed = Maglev::new(&reversed_names, &reversed_weights);
+        for key in 0..10_000u64 {
+            let hash = stable_hash_salted(&key.to_le_bytes(), 1);
+            let a = forward.pick(hash, &|_| true).expect("a server");
+            let b = reversed.pick(hash, &|_| true).expect("a server");
+            assert_eq!(names[a], reversed_names[b], "key {key}");
+        }
     }
 }

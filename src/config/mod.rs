@@ -121,6 +121,9 @@ pub struct ListenerTimeouts {
     /// With a `tcp_pool`: a client silent for this long is handed to the TCP
     /// pool, for protocols where the server speaks first.
     pub server_first: Option<Duration>,
+    /// A client that reads nothing of what wharf writes to it for this long
+    /// (a zero TCP window) is closed, freeing everything it held.
+    pub client_write: Duration,
 }
 
 impl Default for ListenerTimeouts {
@@ -129,6 +132,7 @@ impl Default for ListenerTimeouts {
             request_header: Duration::from_secs(10),
             first_bytes: Duration::from_secs(10),
             server_first: None,
+            client_write: Duration::from_secs(60),
         }
     }
 }
@@ -243,7 +247,12 @@ pub struct PoolConfig {
     pub retries: usize,
     /// Passive health: when failing requests eject a server.
     pub ejection: EjectionPolicy,
+    /// Bytes per second a request body must average over each
+    /// `timeouts.upload_idle` (a body trickled at 1 byte/s holds no server slot).
+    pub min_upload_rate: u64,
 }
+
+pub const DEFAULT_MIN_UPLOAD_RATE: u64 = 128;
 
 pub const DEFAULT_QUEUE_SIZE: usize = 1000;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -438,6 +447,10 @@ pub struct PoolTimeouts {
     pub tunnel_idle: Duration,
     /// A request waiting for a server under `max_connections` gets 503 after this.
     pub queue: Duration,
+    /// A request body that brings fewer than `min_upload_rate` bytes per
+    /// second over any period of this length (nothing at all included) is
+    /// cut with 408 (also the longest silence between two of its bytes).
+    pub upload_idle: Duration,
     /// Idle keep-alive connections to a server are closed after this. The default
     /// (4s) is below Node.js's 5s `keepAliveTimeout`, so wharf closes first and never
     /// sends a request on a connection the server is closing.
@@ -452,6 +465,7 @@ impl Default for PoolTimeouts {
             tunnel_idle: Duration::from_secs(3600),
             queue: Duration::from_secs(5),
             server_idle: Duration::from_secs(4),
+            upload_idle: Duration::from_secs(10),
         }
     }
 }

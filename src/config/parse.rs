@@ -19,11 +19,11 @@ use super::size::Size;
 use super::{
     AdminConfig, BalanceConfig, CertificatePaths, Config, ConfigErrors, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_DRAIN_WINDOW, DEFAULT_IDLE_CONNECTIONS, DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE,
-    DEFAULT_LISTENER_MAX_CONNECTIONS, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES, EjectionPolicy, HashKey,
-    HealthCheck, HealthConfig, HostMatch, LearnSource, Limits, ListenerConfig, ListenerTimeouts,
-    ListenerTls, Plaintext, PoolConfig, PoolMode, PoolTimeouts, ProxyVersion, RouteConfig,
-    SameSite, ServerConfig, StickyConfig, StickyCookie, StickyLearn, WebSocketRoute,
-    parse_duration,
+    DEFAULT_LISTENER_MAX_CONNECTIONS, DEFAULT_MIN_UPLOAD_RATE, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES,
+    EjectionPolicy, HashKey, HealthCheck, HealthConfig, HostMatch, LearnSource, Limits,
+    ListenerConfig, ListenerTimeouts, ListenerTls, Plaintext, PoolConfig, PoolMode, PoolTimeouts,
+    ProxyVersion, RouteConfig, SameSite, ServerConfig, StickyConfig, StickyCookie, StickyLearn,
+    WebSocketRoute, parse_duration,
 };
 
 /// Contract keys and values (DESIGN.md) that this version recognises but does
@@ -433,11 +433,13 @@ fn read_listener_timeouts(t: &mut Table<'_>) -> Read<ListenerTimeouts> {
     let server_first = timeouts.optional("server_first", None, |DurationStr(s)| {
         nonzero_duration("server_first", s).map(Some)
     });
+    let client_write = duration(&mut timeouts, "client_write", defaults.client_write);
     timeouts.finish();
     Ok(ListenerTimeouts {
         request_header: request_header?,
         first_bytes: first_bytes?,
         server_first: server_first?,
+        client_write: client_write?,
     })
 }
 
@@ -674,6 +676,9 @@ fn read_pool(name: Field<&str>, mut t: Table<'_>) -> Read<PoolConfig> {
         })
     });
     let ejection = read_ejection(&mut t);
+    let min_upload_rate = t.optional("min_upload_rate", DEFAULT_MIN_UPLOAD_RATE, |n: i64| {
+        u64::try_from(n).map_err(|_| format!("`min_upload_rate` must be 0 or more, not {n}"))
+    });
     t.finish();
     valid_name?;
     Ok(PoolConfig {
@@ -692,6 +697,7 @@ fn read_pool(name: Field<&str>, mut t: Table<'_>) -> Read<PoolConfig> {
         drain_timeout: drain_timeout?,
         drain_window: drain_window?,
         slow_start: slow_start?,
+        min_upload_rate: min_upload_rate?,
         retries: retries?,
         ejection: ejection?,
     })
@@ -1050,6 +1056,7 @@ fn read_pool_timeouts(t: &mut Table<'_>) -> Read<PoolTimeouts> {
     let tunnel_idle = duration(&mut timeouts, "tunnel_idle", defaults.tunnel_idle);
     let server_idle = duration(&mut timeouts, "server_idle", defaults.server_idle);
     let queue = duration(&mut timeouts, "queue", defaults.queue);
+    let upload_idle = duration(&mut timeouts, "upload_idle", defaults.upload_idle);
     timeouts.finish();
     Ok(PoolTimeouts {
         connect: connect?,
@@ -1057,6 +1064,7 @@ fn read_pool_timeouts(t: &mut Table<'_>) -> Read<PoolTimeouts> {
         tunnel_idle: tunnel_idle?,
         server_idle: server_idle?,
         queue: queue?,
+        upload_idle: upload_idle?,
     })
 }
 

@@ -18,6 +18,8 @@ use crate::listener::Accepted;
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::snapshot::{Shared, Snapshot};
 use crate::tcp::{self, TcpClient};
+use crate::tls::TlsTerminator;
+use crate::upstream::Pool;
 
 /// Serves one connection of the listener called `listener` until it ends.
 /// `stop` asks it to finish its request in flight and close (the listener
@@ -64,6 +66,11 @@ pub async fn handle(
         }
     };
     let from = TcpClient { peer, local };
+    let next = next_step(protocol, &stream, handshake_deadline, config, &snapshot).await;
+    // Whatever comes next may last hours (a websocket, a TCP tunnel): it
+    // holds only what it needs, never the snapshot, which a reload replaces.
+    let request_header = config.timeouts.request_header;
+    drop(snapshot);
     let client = |proto| ClientConnection {
         peer,
         local,
@@ -71,54 +78,106 @@ pub async fn handle(
         proto,
         slot: Some(slot),
     };
+    match next {
+        Next::Http => http::serve(stream, client("http"), shared, stop).await,
+        Next::PlaintextAnswer(answer) => {
+            http::serve_plaintext_answer(stream, answer, request_header).await
+        }
+        Next::Tls(terminator) => {
+            let handshake =
+                tokio::time::timeout_at(handshake_deadline, terminator.accept(stream)).await;
+            match handshake {
+                Ok(Ok(tls)) => http::serve(tls, client("https"), shared, stop).await,
+                Ok(Err(e)) => {
+                    tracing::info!(%listener, %peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => tracing::info!(%listener, %peer, "TLS handshake timed out"),
+            }
+        }
+        Next::Tcp(pool) => tcp::forward(stream, from, pool, &listener).await,
+        Next::NoTcpPool => {
+            tracing::info!(%listener, %peer, "connection closed: not HTTP or TLS, and no `tcp_pool`")
+        }
+        Next::Flash(policy) => answer_flash_policy(stream, &policy).await,
+        Next::Nothing => {
+            tracing::debug!(%listener, %peer, ?protocol, "connection closed: nothing sent");
+        }
+    }
+}
+
+/// What a connection becomes once its first bytes are known, with what it
+/// needs of the config.
+enum Next {
+    Http,
+    /// Plaintext on a TLS port that is redirected or refused.
+    PlaintextAnswer(Plaintext),
+    Tls(Arc<TlsTerminator>),
+    /// The listener's TCP pool, or an SNI passthrough route's.
+    Tcp(Arc<Pool>),
+    /// Not HTTP or TLS, and the listener has no TCP pool.
+    NoTcpPool,
+    Flash(Arc<[u8]>),
+    Nothing,
+}
+
+/// Decides what the connection becomes. A TLS ClientHello is passed through
+/// to a TCP pool if a route names its SNI (peeked within `deadline`), else
+/// terminated, else handed to the TCP pool.
+async fn next_step(
+    protocol: Protocol,
+    stream: &TcpStream,
+    deadline: Instant,
+    config: &ListenerConfig,
+    snapshot: &Snapshot,
+) -> Next {
+    let plaintext = || match config.tls.as_ref().map(|tls| tls.plaintext) {
+        None | Some(Plaintext::Serve) => Next::Http,
+        Some(answer) => Next::PlaintextAnswer(answer),
+    };
+    let tcp_pool = || match config
+        .tcp_pool
+        .as_deref()
+        .and_then(|name| snapshot.pool(name))
+    {
+        Some(pool) => Next::Tcp(pool.clone()),
+        None => Next::NoTcpPool,
+    };
     match protocol {
-        Protocol::Http => match config.tls.as_ref().map(|tls| tls.plaintext) {
-            None | Some(Plaintext::Serve) => {
-                http::serve(stream, client("http"), shared.clone(), stop.clone()).await
-            }
-            Some(answer) => {
-                http::serve_plaintext_answer(stream, answer, config.timeouts.request_header).await
-            }
-        },
+        Protocol::Http => plaintext(),
         Protocol::Tls => {
-            let https = client("https");
-            let front = Front {
-                config,
-                snapshot: &snapshot,
-                shared: &shared,
-                stop: &stop,
-            };
-            tls(stream, from, handshake_deadline, front, https).await
+            if crate::route::has_sni_routes(&config.routes) {
+                let name = client_hello::peek_server_name(stream, deadline)
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(route) = name
+                    .as_deref()
+                    .and_then(|name| crate::route::find_sni(&config.routes, name))
+                    && let Some(pool) = snapshot.pool(&route.pool)
+                {
+                    return Next::Tcp(pool.clone());
+                }
+            }
+            match snapshot.tls(&config.name) {
+                Some(terminator) => Next::Tls(terminator.clone()),
+                None => tcp_pool(),
+            }
         }
-        Protocol::FlashPolicy if config.flash_policy.is_some() => {
-            let policy = config.flash_policy.as_deref().unwrap_or_default();
-            answer_flash_policy(stream, policy).await;
-        }
-        Protocol::Silent if config.timeouts.server_first.is_some() => {
-            // Maybe a protocol where the server speaks first; else nothing
-            // may come at all within `first_bytes`, which the TCP tunnel's
-            // idle timeout then handles.
-            to_tcp_pool(stream, from, config, &snapshot).await;
-        }
-        Protocol::FlashPolicy | Protocol::Other if config.tcp_pool.is_some() => {
-            to_tcp_pool(stream, from, config, &snapshot).await;
-        }
+        Protocol::FlashPolicy if config.flash_policy.is_some() => Next::Flash(
+            config
+                .flash_policy
+                .clone()
+                .unwrap_or_else(|| Arc::from(&[][..])),
+        ),
+        // Maybe a protocol where the server speaks first; else nothing may
+        // come at all within `first_bytes`, which the TCP tunnel's idle
+        // timeout then handles.
+        Protocol::Silent if config.timeouts.server_first.is_some() => tcp_pool(),
+        Protocol::FlashPolicy | Protocol::Other if config.tcp_pool.is_some() => tcp_pool(),
         // Without a TCP pool, let hyper answer what is probably broken HTTP:
         // 400 and close, rather than silence.
-        Protocol::FlashPolicy | Protocol::Other => {
-            match config.tls.as_ref().map(|tls| tls.plaintext) {
-                None | Some(Plaintext::Serve) => {
-                    http::serve(stream, client("http"), shared.clone(), stop.clone()).await
-                }
-                Some(answer) => {
-                    http::serve_plaintext_answer(stream, answer, config.timeouts.request_header)
-                        .await
-                }
-            }
-        }
-        Protocol::Silent | Protocol::Closed => {
-            tracing::debug!(listener = %config.name, %peer, ?protocol, "connection closed: nothing sent");
-        }
+        Protocol::FlashPolicy | Protocol::Other => plaintext(),
+        Protocol::Silent | Protocol::Closed => Next::Nothing,
     }
 }
 
@@ -171,77 +230,6 @@ async fn client_addresses(
         }) => Ok((source, destination)),
         Ok(ProxyHeader::Local) => Ok((peer, local)),
         Err(e) => Err(format!("bad PROXY header: {e}")),
-    }
-}
-
-/// What the TLS step needs of the connection's surroundings.
-struct Front<'a> {
-    config: &'a ListenerConfig,
-    snapshot: &'a Snapshot,
-    shared: &'a Arc<Shared>,
-    stop: &'a CancellationToken,
-}
-
-/// A TLS ClientHello: passed through to a TCP pool if a route names its SNI,
-/// else terminated and served as HTTPS, else handed to the TCP pool.
-async fn tls(
-    stream: TcpStream,
-    from: TcpClient,
-    deadline: Instant,
-    front: Front<'_>,
-    client: ClientConnection,
-) {
-    let Front {
-        config,
-        snapshot,
-        shared,
-        stop,
-    } = front;
-    if crate::route::has_sni_routes(&config.routes) {
-        let name = client_hello::peek_server_name(&stream, deadline)
-            .await
-            .ok()
-            .flatten();
-        if let Some(route) = name
-            .as_deref()
-            .and_then(|name| crate::route::find_sni(&config.routes, name))
-            && let Some(pool) = snapshot.pool(&route.pool)
-        {
-            tcp::forward(stream, from, pool.clone(), &config.name).await;
-            return;
-        }
-    }
-    let Some(terminator) = snapshot.tls(&client.listener) else {
-        to_tcp_pool(stream, from, config, snapshot).await;
-        return;
-    };
-    let handshake = tokio::time::timeout_at(deadline, terminator.accept(stream)).await;
-    match handshake {
-        Ok(Ok(tls)) => http::serve(tls, client, shared.clone(), stop.clone()).await,
-        Ok(Err(e)) => {
-            tracing::info!(listener = %config.name, peer = %from.peer, error = %e, "TLS handshake failed")
-        }
-        Err(_) => {
-            tracing::info!(listener = %config.name, peer = %from.peer, "TLS handshake timed out")
-        }
-    }
-}
-
-async fn to_tcp_pool(
-    stream: TcpStream,
-    from: TcpClient,
-    config: &ListenerConfig,
-    snapshot: &Snapshot,
-) {
-    match config
-        .tcp_pool
-        .as_deref()
-        .and_then(|name| snapshot.pool(name))
-    {
-        Some(pool) => tcp::forward(stream, from, pool.clone(), &config.name).await,
-        None => {
-            tracing::info!(listener = %config.name, peer = %from.peer, "connection closed: not HTTP or TLS, and no `tcp_pool`")
-        }
     }
 }
 

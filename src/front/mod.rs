@@ -7,7 +7,7 @@
 //! - [`sniff`]: what the first bytes say.
 //! - `client_hello`: the server name of a TLS ClientHello, for passthrough.
 
-mod client_hello;
+pub(crate) mod client_hello;
 mod connection;
 pub mod sniff;
 

@@ -69,7 +69,17 @@ async fn check_server(server: Weak<Server>) {
             return;
         };
         if !maintenance {
-            let verdict = probe::probe(&config.check, address, config.timeout).await;
+            let proxy_header = server
+                .upgrade()
+                .and_then(|s| s.settings().send_proxy_protocol)
+                .map(crate::proxy_protocol::encode_local);
+            let verdict = probe::probe(
+                &config.check,
+                address,
+                config.timeout,
+                proxy_header.as_deref(),
+            )
+            .await;
             // Maintenance set while the probe ran: its result no longer counts.
             let Some(server) = server.upgrade() else {
                 return;

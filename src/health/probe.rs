@@ -56,13 +56,22 @@ impl Verdict {
 }
 
 /// Probes `address` as `check` says, within `timeout`.
-pub async fn probe(check: &HealthCheck, address: SocketAddr, timeout: Duration) -> Verdict {
+/// `proxy_header` starts the connection when the pool sends one, so that a
+/// server that requires it can be checked.
+pub async fn probe(
+    check: &HealthCheck,
+    address: SocketAddr,
+    timeout: Duration,
+    proxy_header: Option<&[u8]>,
+) -> Verdict {
     let probe = async {
         let verdict = match check {
-            HealthCheck::Tcp => connect(address, timeout)
+            HealthCheck::Tcp => connect(address, timeout, proxy_header)
                 .await
                 .map(|_| Verdict::pass("connected")),
-            HealthCheck::Http { path, host } => http(address, path, host.as_deref(), timeout).await,
+            HealthCheck::Http { path, host } => {
+                http(address, path, host.as_deref(), timeout, proxy_header).await
+            }
         };
         verdict.unwrap_or_else(|failure| failure)
     };
@@ -72,8 +81,12 @@ pub async fn probe(check: &HealthCheck, address: SocketAddr, timeout: Duration) 
 }
 
 /// Opens a TCP connection, as requests do; a failure is the verdict.
-async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, Verdict> {
-    connect_tcp(address, timeout, None)
+async fn connect(
+    address: SocketAddr,
+    timeout: Duration,
+    proxy_header: Option<&[u8]>,
+) -> Result<TcpStream, Verdict> {
+    connect_tcp(address, timeout, proxy_header)
         .await
         .map_err(|e| match e {
             ConnectError::Refused => Verdict::fail("connect refused"),
@@ -91,9 +104,10 @@ async fn http(
     path: &str,
     host: Option<&str>,
     timeout: Duration,
+    proxy_header: Option<&[u8]>,
 ) -> Result<Verdict, Verdict> {
     let request = request(address, path, host)?;
-    let stream = connect(address, timeout).await?;
+    let stream = connect(address, timeout, proxy_header).await?;
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Verdict::fail(format!("HTTP handshake failed: {e}")))?;
@@ -208,6 +222,7 @@ mod tests {
             &http_check("/health?deep=1", Some("app.internal")),
             addr,
             TIMEOUT,
+            None,
         )
         .await;
         assert_eq!(verdict, Verdict::fail("HTTP 503"));
@@ -224,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn host_defaults_to_the_server_address() {
         let (addr, head) = one_shot(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-        let verdict = probe(&http_check("/", None), addr, TIMEOUT).await;
+        let verdict = probe(&http_check("/", None), addr, TIMEOUT, None).await;
         assert_eq!(verdict, Verdict::pass("HTTP 200"));
         let head = head.await.expect("server").to_ascii_lowercase();
         assert!(head.contains(&format!("\r\nhost: {addr}\r\n")), "{head}");
@@ -235,7 +250,7 @@ mod tests {
         let (addr, _head) =
             one_shot(b"HTTP/1.0 302 Found\r\nlocation: /x\r\n\r\nbody until close").await;
         assert_eq!(
-            probe(&http_check("/", None), addr, TIMEOUT).await,
+            probe(&http_check("/", None), addr, TIMEOUT, None).await,
             Verdict::pass("HTTP 302")
         );
     }
@@ -243,14 +258,14 @@ mod tests {
     #[tokio::test]
     async fn garbage_and_silence_fail_without_panicking() {
         let (addr, _head) = one_shot(b"SSH-2.0-OpenSSH_9.6\r\n").await;
-        let verdict = probe(&http_check("/", None), addr, TIMEOUT).await;
+        let verdict = probe(&http_check("/", None), addr, TIMEOUT, None).await;
         assert!(
             !verdict.passed && verdict.cause.starts_with("no valid HTTP response"),
             "{verdict:?}"
         );
 
         let (addr, _head) = one_shot(b"").await;
-        let verdict = probe(&http_check("/", None), addr, TIMEOUT).await;
+        let verdict = probe(&http_check("/", None), addr, TIMEOUT, None).await;
         assert!(
             !verdict.passed && verdict.cause.starts_with("no valid HTTP response"),
             "{verdict:?}"
@@ -272,7 +287,7 @@ mod tests {
                 }
             }
         });
-        let verdict = probe(&http_check("/", None), addr, TIMEOUT).await;
+        let verdict = probe(&http_check("/", None), addr, TIMEOUT, None).await;
         assert!(!verdict.passed, "{verdict:?}");
         flood.abort();
     }
@@ -283,7 +298,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         // Accepted by the kernel (backlog), never answered.
         let timeout = Duration::from_millis(100);
-        let verdict = probe(&http_check("/", None), addr, timeout).await;
+        let verdict = probe(&http_check("/", None), addr, timeout, None).await;
         assert_eq!(verdict, Verdict::fail("timed out after 100ms"));
         drop(listener);
     }
@@ -293,12 +308,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         assert_eq!(
-            probe(&HealthCheck::Tcp, addr, TIMEOUT).await,
+            probe(&HealthCheck::Tcp, addr, TIMEOUT, None).await,
             Verdict::pass("connected")
         );
         drop(listener);
         assert_eq!(
-            probe(&HealthCheck::Tcp, addr, TIMEOUT).await,
+            probe(&HealthCheck::Tcp, addr, TIMEOUT, None).await,
             Verdict::fail("connect refused")
         );
     }
@@ -308,7 +323,7 @@ mod tests {
         let addr = refused().await;
         // Longer than any URI the http crate takes; the config does not limit it.
         let path = format!("/{}", "a".repeat(70_000));
-        let verdict = probe(&http_check(&path, None), addr, TIMEOUT).await;
+        let verdict = probe(&http_check(&path, None), addr, TIMEOUT, None).await;
         assert!(
             !verdict.passed && verdict.cause.starts_with("invalid check request"),
             "{verdict:?}"

@@ -1,17 +1,24 @@
 //! Response bodies: what wharf streams back to clients.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
+use tokio::time::{Instant, Sleep};
+
 use crate::upstream::ActiveGuard;
 
+/// Why a response body failed: the server's connection, or its silence.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Every response body wharf sends: a server's streamed body or wharf's own text.
-pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
+pub type ResponseBody = BoxBody<Bytes, BodyError>;
 
 /// A short body wharf writes itself (errors, redirects).
 pub fn text(body: &'static str) -> ResponseBody {
@@ -58,6 +65,83 @@ impl<B: Body> Body for Counted<B> {
             this.guard.take();
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A server that went quiet in the middle of a response body.
+#[derive(Debug, thiserror::Error)]
+#[error("the server sent nothing of its response body for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+pin_project_lite::pin_project! {
+    /// A server's response body with a deadline on its silences: when the
+    /// server sends nothing for `idle` while wharf waits for more, the body
+    /// fails, so the client keeps what it got, its connection closes (the
+    /// body cannot be completed) and the server connection is dropped. Time
+    /// wharf spends not asking (a slow client) does not count.
+    pub struct Watched<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        timer: Sleep,
+        idle: Duration,
+        waiting: bool,
+        server: SocketAddr,
+    }
+}
+
+impl<B> Watched<B> {
+    pub fn new(inner: B, idle: Duration, server: SocketAddr) -> Self {
+        Watched {
+            inner,
+            timer: tokio::time::sleep(idle),
+            idle,
+            waiting: false,
+            server,
+        }
+    }
+}
+
+impl<B> Body for Watched<B>
+where
+    B: Body,
+    B::Error: Into<BodyError>,
+{
+    type Data = B::Data;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                *this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if !*this.waiting {
+                    *this.waiting = true;
+                    this.timer.as_mut().reset(Instant::now() + *this.idle);
+                }
+                match this.timer.poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::warn!(server = %this.server, idle = ?this.idle, "response body stalled by the server; closing");
+                        Poll::Ready(Some(Err(BodyStalled(*this.idle).into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

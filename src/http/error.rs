@@ -37,7 +37,7 @@ pub enum ProxyError {
     UnrequestedUpgrade,
     #[error("the client's request body failed (client gone?): {0}")]
     ClientAborted(#[source] hyper::Error),
-    #[error("the client sent nothing of its request body for {0:?}")]
+    #[error("the client's request body brought too little over {0:?} (min_upload_rate)")]
     UploadStalled(Duration),
 }
 
@@ -70,7 +70,9 @@ impl ProxyError {
             StatusCode::BAD_REQUEST => "400 Bad Request\n",
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "431 Request Header Fields Too Large\n",
             StatusCode::URI_TOO_LONG => "414 URI Too Long\n",
-            StatusCode::REQUEST_TIMEOUT => "408 Request Timeout: the request body stalled\n",
+            StatusCode::REQUEST_TIMEOUT => {
+                "408 Request Timeout: the request body stalled or trickled\n"
+            }
             StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
             StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no server available\n",
             StatusCode::GATEWAY_TIMEOUT => {

@@ -1,4 +1,4 @@
-//! A read-side tap on a client connection that sees what hyper's parser
+//! A tap on a client connection. Its read side sees what hyper's parser
 //! keeps to itself: how many `Content-Length` lines a request head carried,
 //! and whether it carried `Transfer-Encoding` as well (RFC 9112 §6.3).
 //!
@@ -19,8 +19,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 /// What was wrong with a head's framing headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,21 +415,30 @@ impl Scanner {
     }
 }
 
-/// A client connection with the scanner on its read side.
+/// A client connection with the scanner on its read side, and a deadline on
+/// its write side: a client that reads nothing of what wharf writes (a zero
+/// TCP window) for `write_stall` gets its connection failed, which frees
+/// every slot it holds (its listener place, the server connection and the
+/// server's `max_connections` slot behind the response body).
 pub struct Tapped<I> {
     inner: I,
     scanner: Scanner,
     findings: Arc<Findings>,
+    write_stall: Duration,
+    /// Armed while a write waits; reset by any progress.
+    stalled_since: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I> Tapped<I> {
-    pub fn new(inner: I) -> (Tapped<I>, Arc<Findings>) {
+    pub fn new(inner: I, write_stall: Duration) -> (Tapped<I>, Arc<Findings>) {
         let findings = Arc::new(Findings::default());
         (
             Tapped {
                 inner,
                 scanner: Scanner::default(),
                 findings: findings.clone(),
+                write_stall,
+                stalled_since: None,
             },
             findings,
         )
@@ -436,6 +447,29 @@ impl<I> Tapped<I> {
     /// The connection itself (after an upgrade, for the tunnel).
     pub fn into_inner(self) -> I {
         self.inner
+    }
+
+    /// Passes a write's result on; while it is pending, runs the stall timer.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled_since = None;
+            return polled;
+        }
+        let stall = self.write_stall;
+        let timer = self
+            .stalled_since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {stall:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -463,7 +497,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tapped<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -471,7 +507,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tapped<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -479,7 +517,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tapped<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch_write(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

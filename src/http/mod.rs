@@ -68,7 +68,7 @@ where
     };
     let client = Arc::new(client);
     let peer = client.peer;
-    let (io, findings) = framing::Tapped::new(io);
+    let (io, findings) = framing::Tapped::new(io, timeouts.client_write);
     let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         // In request order: what the tap saw of this request's head.
         if let Some(fault) = findings.next_request() {

@@ -20,9 +20,14 @@ use crate::config::Plaintext;
 pub async fn serve_plaintext_answer(stream: TcpStream, mode: Plaintext, header_timeout: Duration) {
     let service =
         service_fn(move |request| async move { Ok::<_, Infallible>(answer(&request, mode)) });
+    let head = crate::config::Limits::default().request_head;
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        // Nothing here needs more than a request line and a Host: keep
+        // hyper's buffer to the default head limit, not its ~400 KiB.
+        .max_header_size(head)
+        .max_buf_size(head)
         .serve_connection(TokioIo::new(stream), service);
     let _ = connection.await;
 }

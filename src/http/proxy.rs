@@ -187,6 +187,7 @@ async fn forward(
             guard,
             upgrade::TunnelRoute {
                 idle_timeout: pool.config.timeouts.tunnel_idle,
+                handover_timeout: pool.config.timeouts.response,
                 websocket: route.websocket,
                 stats: shared.registry.websocket_routes.of(&listener.name, route),
             },
@@ -199,7 +200,10 @@ async fn forward(
     return_when_idle(connection, server);
     let (mut parts, incoming) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
-    let counted = Counted::new(incoming, guard);
+    // nginx's `proxy_read_timeout`: the response timeout also bounds each
+    // silence of the server inside the body.
+    let watched = body::Watched::new(incoming, pool.config.timeouts.response, server_address);
+    let counted = Counted::new(watched, guard);
     let body = if affinity.engine_io_handshake && parts.status.is_success() {
         LearnSid::new(counted, pool.clone(), server_address).boxed()
     } else {

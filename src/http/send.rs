@@ -8,8 +8,8 @@
 //! a slow server would see the request again and the client wait twice.
 //!
 //! The `response` timeout runs from the end of the request body: while the
-//! body is uploading it bounds the silence between two pieces of it, so a
-//! slow upload is not taken for a slow server.
+//! body is uploading, `upload_idle` and `min_upload_rate` bound how slowly
+//! it may come, so a slow upload is not taken for a slow server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +71,7 @@ pub async fn send_with_retries(
         let sending = Sending {
             timeouts: &pool.config.timeouts,
             upload: upload.clone(),
+            min_upload_rate: pool.config.min_upload_rate,
             replay: replay.as_ref(),
             proxy_header: proxy_header.as_deref(),
         };
@@ -177,8 +178,10 @@ struct SendError {
 /// How one request is sent.
 struct Sending<'a> {
     timeouts: &'a PoolTimeouts,
-    /// Progress of the client's body, if it has one.
+    /// Progress of the client's body (bytes so far), if it has one.
     upload: Option<watch::Receiver<u64>>,
+    /// Bytes per second the body must average over each `upload_idle`.
+    min_upload_rate: u64,
     /// A copy to send again, if the request is idempotent and bodiless.
     replay: Option<&'a Replay>,
     /// The PROXY header that starts every connection, when the pool sends
@@ -240,20 +243,31 @@ async fn send_on(
     };
     let response = connection.try_send_request(request);
     tokio::pin!(response);
-    // While the body uploads, the timeout bounds the silence between pieces.
+    // While the body uploads, it must bring `min_upload_rate` bytes a second
+    // over every `upload_idle` (and at least one byte): a client that
+    // trickles its body holds no server slot for long (408). A server that
+    // stops reading looks the same; the client is the likelier one, and
+    // must not get a healthy server ejected.
     if let Some(mut upload) = sending.upload.clone() {
+        let window = sending.timeouts.upload_idle;
+        let wanted = (sending.min_upload_rate as f64 * window.as_secs_f64()).max(1.0) as u64;
+        let mut window_start = *upload.borrow_and_update();
+        let mut deadline = tokio::time::Instant::now() + window;
         loop {
             tokio::select! {
                 result = &mut response => return result_of(result),
                 changed = upload.changed() => if changed.is_err() { break },
-                // Nothing moved for a whole timeout while the body was on
-                // its way: the client stalled (a server that stops reading
-                // looks the same; the client is the likelier one, and must
-                // not get a healthy server ejected).
-                () = tokio::time::sleep(response_timeout) => return Err(SendError {
-                    error: ProxyError::UploadStalled(response_timeout),
-                    unsent: None,
-                }),
+                () = tokio::time::sleep_until(deadline) => {
+                    let sent = *upload.borrow_and_update();
+                    if sent.saturating_sub(window_start) < wanted {
+                        return Err(SendError {
+                            error: ProxyError::UploadStalled(window),
+                            unsent: None,
+                        });
+                    }
+                    window_start = sent;
+                    deadline += window;
+                }
             }
         }
     }

@@ -26,6 +26,9 @@ use crate::upstream::ActiveGuard;
 pub struct TunnelRoute {
     /// The pool's `timeouts.tunnel_idle`.
     pub idle_timeout: Duration,
+    /// The hand-over (the 101 written to the client, both connections
+    /// released by hyper) must finish within this: the pool's `response` timeout.
+    pub handover_timeout: Duration,
     /// The route's `ws_*` settings.
     pub websocket: WebSocketRoute,
     /// The route's websocket counters.
@@ -47,6 +50,7 @@ pub fn start_tunnel(
     let server_upgrade = hyper::upgrade::on(&mut server_response);
     let (mut parts, _) = server_response.into_parts();
     let protocol = headers::upgrade_protocol(&parts.headers).unwrap_or_default();
+    let handover = route.handover_timeout;
     let settings = Settings {
         idle_timeout: route.idle_timeout,
         websocket: (protocol == "websocket").then(|| {
@@ -63,10 +67,17 @@ pub fn start_tunnel(
         let client = connection.peer;
         let server = guard.server().address;
         let drained = guard.server().drained();
-        let (client_io, server_io) = match tokio::try_join!(client_upgrade, server_upgrade) {
-            Ok(pair) => pair,
-            Err(e) => {
+        let both = tokio::time::timeout(handover, async {
+            tokio::try_join!(client_upgrade, server_upgrade)
+        });
+        let (client_io, server_io) = match both.await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
                 tracing::info!(%client, %server, error = %e, "upgrade abandoned before the tunnel opened");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%client, %server, ?handover, "upgrade hand-over timed out");
                 return;
             }
         };

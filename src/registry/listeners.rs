@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
@@ -22,6 +23,9 @@ pub struct ListenerLive {
     /// Places for open connections; its size is `max_connections`.
     pub limit: Arc<Semaphore>,
     pub max_connections: usize,
+    /// Places taken out of `limit` by a lowered `max_connections` that were
+    /// held by open connections then: taken as those connections close.
+    pub owed: Arc<AtomicUsize>,
     /// Cancelled when the listener is removed or wharf stops: the accept
     /// loop ends and open connections finish their requests and close.
     pub stop: CancellationToken,
@@ -29,21 +33,21 @@ pub struct ListenerLive {
 }
 
 impl ListenerLive {
-    /// Resizes the connection limit (a reload). Lowering it takes back the
-    /// free places only: open connections are never cut, so while more are
-    /// open than the new limit, the limit is briefly exceeded (logged).
+    /// Resizes the connection limit (a reload). Open connections are never
+    /// cut: places they hold beyond a lowered limit are taken back as they
+    /// close, and no new connection is accepted meanwhile.
     pub fn resize(&mut self, max_connections: usize) {
         if max_connections > self.max_connections {
-            self.limit
-                .add_permits(max_connections - self.max_connections);
+            let more = max_connections - self.max_connections;
+            // Places still owed from an earlier lowering are forgiven first.
+            let forgiven = take_up_to(&self.owed, more);
+            self.limit.add_permits(more - forgiven);
         } else {
             let fewer = self.max_connections - max_connections;
-            let forgotten = self.limit.forget_permits(fewer);
-            if forgotten < fewer {
-                tracing::info!(
-                    max_connections,
-                    "listener has more open connections than its new limit; they stay open"
-                );
+            let owed = fewer - self.limit.forget_permits(fewer);
+            if owed > 0 {
+                self.owed.fetch_add(owed, Ordering::AcqRel);
+                tokio::spawn(collect_owed(self.limit.clone(), self.owed.clone(), owed));
             }
         }
         self.max_connections = max_connections;
@@ -52,6 +56,31 @@ impl ListenerLive {
     /// Stops accepting; open connections finish.
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+}
+
+/// Takes up to `n` from `counter`; returns how many it took.
+fn take_up_to(counter: &AtomicUsize, n: usize) -> usize {
+    let mut taken = 0;
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+        taken = owed.min(n);
+        Some(owed - taken)
+    });
+    taken
+}
+
+/// Takes `count` places out of `limit` as open connections give them back,
+/// for as long as they are still owed (a raise may forgive them).
+async fn collect_owed(limit: Arc<Semaphore>, owed: Arc<AtomicUsize>, count: usize) {
+    for _ in 0..count {
+        let Ok(place) = limit.acquire().await else {
+            return;
+        };
+        if take_up_to(&owed, 1) == 0 {
+            // Forgiven while waiting: the place goes back.
+            return;
+        }
+        place.forget();
     }
 }
 

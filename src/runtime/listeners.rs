@@ -36,57 +36,68 @@ pub struct Bound {
     pub admin: Option<BoundSocket>,
 }
 
+/// Whom a socket serves: a listener is never handed the admin API's socket,
+/// nor the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Listener,
+    Admin,
+}
+
 /// Where an already-open socket for an address may come from: a running
 /// listener (renamed or moved), or the wharf being replaced.
 pub struct Sources<'a> {
     /// The bind of each running listener, by name.
     pub running: HashMap<String, SocketAddr>,
     pub running_admin: Option<SocketAddr>,
-    /// A duplicate of the running socket bound as an address.
-    pub existing: &'a (dyn Fn(SocketAddr) -> Option<std::net::TcpListener> + Sync),
+    /// A duplicate of the running socket of that kind bound as an address.
+    pub existing: &'a (dyn Fn(Kind, SocketAddr) -> Option<std::net::TcpListener> + Sync),
     pub inherited: &'a mut HashMap<SocketAddr, std::net::TcpListener>,
 }
 
 /// Binds every socket `config` needs that is not serving under the same
 /// name and address already. On an error, nothing bound is kept (the
 /// sockets close as they drop), and the listener and address are returned.
-pub async fn bind_all(
+pub fn bind_all(
     config: &Config,
-    sources: Sources<'_>,
+    mut sources: Sources<'_>,
 ) -> Result<Bound, (String, SocketAddr, io::Error)> {
     let mut bound = Bound::default();
     for listener in &config.listeners {
         if sources.running.get(&listener.name) == Some(&listener.bind) {
             continue;
         }
-        let socket = open(listener.bind, sources.existing, sources.inherited)
-            .await
+        let socket = open(Kind::Listener, listener.bind, &mut sources)
             .map_err(|e| (listener.name.clone(), listener.bind, e))?;
         bound.listeners.insert(listener.name.clone(), socket);
     }
     if let Some(admin) = &config.admin
         && sources.running_admin != Some(admin.bind)
     {
-        let socket = open(admin.bind, sources.existing, sources.inherited)
-            .await
+        let socket = open(Kind::Admin, admin.bind, &mut sources)
             .map_err(|e| ("admin".to_owned(), admin.bind, e))?;
         bound.admin = Some(socket);
     }
     Ok(bound)
 }
 
-/// A listening socket for `bind`: inherited, shared with a running one, or new.
-async fn open(
-    bind: SocketAddr,
-    existing: &(dyn Fn(SocketAddr) -> Option<std::net::TcpListener> + Sync),
-    inherited: &mut HashMap<SocketAddr, std::net::TcpListener>,
-) -> io::Result<BoundSocket> {
-    let socket = match inherited.remove(&bind).or_else(|| existing(bind)) {
+/// A listening socket for `bind`: inherited, shared with a running one of
+/// the same kind, or new. A port-0 address names no socket in particular:
+/// it is always bound anew.
+fn open(kind: Kind, bind: SocketAddr, sources: &mut Sources<'_>) -> io::Result<BoundSocket> {
+    let reused = match bind.port() {
+        0 => None,
+        _ => sources
+            .inherited
+            .remove(&bind)
+            .or_else(|| (sources.existing)(kind, bind)),
+    };
+    let socket = match reused {
         Some(socket) => {
             socket.set_nonblocking(true)?;
             TcpListener::from_std(socket)?
         }
-        None => TcpListener::bind(bind).await?,
+        None => listen(bind)?,
     };
     let local = socket.local_addr()?;
     let std = socket.into_std()?;
@@ -98,6 +109,23 @@ async fn open(
         socket,
         dup,
     })
+}
+
+/// How many connections the kernel may queue for accept. A burst of
+/// reconnecting clients (hundreds of handshakes at once after a deploy)
+/// overflows a short queue and every dropped SYN costs its client a 1 s
+/// retransmit; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+/// Binds and listens on `bind` with address reuse and a deep backlog.
+fn listen(bind: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match bind {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(bind)?;
+    socket.listen(BACKLOG)
 }
 
 /// Starts the listeners in `bound`, resizes those that keep running, and
@@ -162,6 +190,7 @@ fn spawn(shared: &Arc<Shared>, name: &str, bound: BoundSocket, max: usize) -> Li
         socket: bound.dup,
         limit,
         max_connections: max,
+        owed: Default::default(),
         stop,
         accepting,
     }

@@ -91,11 +91,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let sources = listeners::Sources {
         running: HashMap::new(),
         running_admin: None,
-        existing: &|_| None,
+        existing: &|_, _| None,
         inherited: &mut inherited,
     };
     let bound = listeners::bind_all(&config, sources)
-        .await
         .map_err(|(name, addr, source)| StartError::Bind { name, addr, source })?;
     let registry = Registry::default();
     let reconciled = registry.reconcile(&config);
@@ -224,6 +223,12 @@ impl Running {
     /// close, and returns without waiting for them.
     pub async fn shutdown(self) {
         self.begin_stop();
+        self.close_listeners().await;
+    }
+
+    /// Ends every accept loop and closes every listening socket (ours: a
+    /// new binary that took them over keeps its own).
+    async fn close_listeners(&self) {
         let tasks: Vec<_> = self
             .shared()
             .registry
@@ -249,6 +254,9 @@ impl Running {
     pub async fn stop(self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         self.begin_stop();
+        // Close the listening sockets now: a client must be refused (and
+        // retry elsewhere) rather than wait in a queue nobody reads.
+        self.close_listeners().await;
         let shared = self.shared().clone();
         // The hook for tunnels: every server's tunnels end by the deadline,
         // with a margin for the last ones to close.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Running;
-use super::listeners::{self, Sources};
+use super::listeners::{self, Kind, Sources};
 use crate::config::{Config, ConfigErrors};
 use crate::health;
 use crate::snapshot::{Certificates, Snapshot};
@@ -96,14 +96,18 @@ impl Running {
             .config_path
             .clone()
             .ok_or(ReloadError::NoFile)?;
+        // Held from reading the file on, so that of two reloads at once the
+        // file read last is the one applied last.
+        let _one_at_a_time = self.runtime.reloading.lock().await;
         let loaded = tokio::task::spawn_blocking(move || load_checked(&path))
             .await
             .map_err(|e| ReloadError::Task(e.to_string()))??;
-        self.apply(loaded.0, loaded.1).await
+        self.apply(loaded.0, loaded.1)
     }
 
     /// Applies `config` (already validated) after loading its certificates.
     pub async fn reload_config(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        let _one_at_a_time = self.runtime.reloading.lock().await;
         let (config, certificates) = tokio::task::spawn_blocking(move || {
             let certificates = Certificates::load(&config).map_err(|errors| {
                 ReloadError::Certificates(
@@ -117,16 +121,16 @@ impl Running {
         })
         .await
         .map_err(|e| ReloadError::Task(e.to_string()))??;
-        self.apply(config, certificates).await
+        self.apply(config, certificates)
     }
 
-    async fn apply(
+    /// Applies a checked config; the caller holds the reload lock.
+    fn apply(
         &self,
         config: Config,
         certificates: Certificates,
     ) -> Result<ReloadSummary, ReloadError> {
         let runtime = &self.runtime;
-        let _one_at_a_time = runtime.reloading.lock().await;
         let shared = &runtime.shared;
         let running: HashMap<String, SocketAddr> = shared.registry.listeners.with(|live| {
             live.iter()
@@ -134,7 +138,7 @@ impl Running {
                 .collect()
         });
         let running_admin = self.admin_bind();
-        let existing = |bind: SocketAddr| self.running_socket(bind);
+        let existing = |kind, bind: SocketAddr| self.running_socket(kind, bind);
         let mut nothing_inherited = HashMap::new();
         let sources = Sources {
             running: running.clone(),
@@ -143,7 +147,6 @@ impl Running {
             inherited: &mut nothing_inherited,
         };
         let bound = listeners::bind_all(&config, sources)
-            .await
             .map_err(|(name, addr, source)| ReloadError::Bind { name, addr, source })?;
 
         // From here on, nothing can fail.
@@ -182,20 +185,22 @@ impl Running {
         admin.as_ref().map(|a| a.bind)
     }
 
-    /// A duplicate of the socket a running listener (or the admin API) has
-    /// for `bind`, if any.
-    fn running_socket(&self, bind: SocketAddr) -> Option<std::net::TcpListener> {
-        let listener = self.shared().registry.listeners.with(|live| {
-            live.values()
-                .find(|l| l.bind == bind)
-                .and_then(|l| l.socket.try_clone().ok())
-        });
-        listener.or_else(|| {
-            let admin = self.runtime.admin.lock().unwrap_or_else(|e| e.into_inner());
-            admin
-                .as_ref()
-                .filter(|a| a.bind == bind)
-                .and_then(|a| a.socket.try_clone().ok())
-        })
+    /// A duplicate of the socket a running listener (or the admin API, for
+    /// `Kind::Admin`) has for `bind`, if any.
+    fn running_socket(&self, kind: Kind, bind: SocketAddr) -> Option<std::net::TcpListener> {
+        match kind {
+            Kind::Listener => self.shared().registry.listeners.with(|live| {
+                live.values()
+                    .find(|l| l.bind == bind)
+                    .and_then(|l| l.socket.try_clone().ok())
+            }),
+            Kind::Admin => {
+                let admin = self.runtime.admin.lock().unwrap_or_else(|e| e.into_inner());
+                admin
+                    .as_ref()
+                    .filter(|a| a.bind == bind)
+                    .and_then(|a| a.socket.try_clone().ok())
+            }
+        }
     }
 }

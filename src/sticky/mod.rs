@@ -127,13 +127,6 @@ impl Sticky {
             sessions.insert(key, server, now);
         }
     }
-
-    /// Forgets every learned session of a server that left the pool.
-    pub fn forget_server(&self, server: SocketAddr) {
-        if let Sticky::Learn { sessions, .. } = self {
-            sessions.forget_server(server);
-        }
-    }
 }
 
 /// Works out a request's affinity for a pool.

@@ -46,6 +46,8 @@ pub struct Server {
     settings: ArcSwap<PoolConfig>,
     /// Taken out of its pool by a reload; kept while its tunnels end.
     removed: AtomicBool,
+    /// The removal is what drained it (it was ready before).
+    drained_by_removal: AtomicBool,
     /// Whether an active health-check task runs for it.
     checking: AtomicBool,
     /// Its open tunnels (closed gently when it is drained) and websocket counters.
@@ -76,6 +78,7 @@ impl Server {
             released,
             settings: ArcSwap::new(config.clone()),
             removed: AtomicBool::new(false),
+            drained_by_removal: AtomicBool::new(false),
             checking: AtomicBool::new(false),
             tunnels: OpenTunnels::new(),
             slow_start: SlowStart::default(),
@@ -225,18 +228,18 @@ impl Server {
     /// requests; its tunnels run until they end or the drain ends).
     pub fn remove(&self) {
         self.removed.store(true, Ordering::Relaxed);
-        self.set_admin(AdminState::Drain, REMOVED_BY_RELOAD);
+        let drained = self
+            .set_admin(AdminState::Drain, REMOVED_BY_RELOAD)
+            .is_some();
+        self.drained_by_removal.store(drained, Ordering::Relaxed);
     }
 
     /// A reload put a removed server back: it is ready again unless the
-    /// operator had drained it for another reason.
+    /// operator had drained it (or put it in maintenance) before.
     pub fn restore(&self) {
         if self.removed.swap(false, Ordering::Relaxed)
-            && self
-                .lock()
-                .history
-                .back()
-                .is_some_and(|c| c.cause == REMOVED_BY_RELOAD)
+            && self.drained_by_removal.swap(false, Ordering::Relaxed)
+            && self.state().admin == AdminState::Drain
         {
             self.set_admin(AdminState::Ready, "added back to the config by a reload");
         }

@@ -14,14 +14,15 @@ pin_project_lite::pin_project! {
     pub struct Upload {
         #[pin]
         inner: Incoming,
-        // Bumped at every frame; dropped at the end of the body, which
-        // closes the channel: the receiver learns the upload is over.
+        // Bytes of the body so far, bumped at every frame; dropped at the
+        // end of the body, which closes the channel: the receiver learns
+        // the upload is over.
         frames: Option<watch::Sender<u64>>,
     }
 }
 
 impl Upload {
-    /// Wraps `inner`; the receiver sees a change per frame, and an error
+    /// Wraps `inner`; the receiver sees the byte count at each frame, and an error
     /// once the whole body has been read (or the body was dropped).
     pub fn new(inner: Incoming) -> (Upload, watch::Receiver<u64>) {
         let (frames, progress) = watch::channel(0);
@@ -46,9 +47,10 @@ impl Body for Upload {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         match &polled {
-            Poll::Ready(Some(Ok(_))) => {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if let Some(frames) = this.frames.as_ref() {
-                    frames.send_modify(|n| *n += 1);
+                    frames.send_modify(|n| *n += len);
                 }
             }
             Poll::Ready(_) => {
