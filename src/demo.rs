@@ -65,6 +65,7 @@ pub async fn start_demo_servers() -> std::io::Result<DemoServers> {
 /// (least connections), everything else to the `web` pool (round robin).
 pub fn demo_config_toml(
     bind: SocketAddr,
+    admin: SocketAddr,
     servers: &DemoServers,
     tls: Option<&DemoCertificate>,
 ) -> String {
@@ -84,14 +85,24 @@ pub fn demo_config_toml(
     format!(
         r#"# wharf demo config: one port, two pools of the same three built-in servers.
 
+# The status page (/status), metrics (/metrics) and the admin API.
+[admin]
+bind = "{admin}"
+
 [[listener]]
 name = "demo"
 bind = "{bind}"
 {tls}
-# WebSockets: first match wins, so /ws goes to the realtime pool...
+# First match wins. /ws (a session: polling on /ws/poll, then a websocket)
+# goes to the realtime pool, which keeps each browser on one server...
 [[listener.route]]
 path_prefix = "/ws"
 pool = "realtime"
+
+# ...the page's /live websockets are spread over the live pool...
+[[listener.route]]
+path_prefix = "/live"
+pool = "live"
 
 # ...and everything else (the page, /api/whoami) to the web pool.
 [[listener.route]]
@@ -99,6 +110,15 @@ pool = "web"
 
 [pool.realtime]
 balance = "least_conn"
+sticky = {{ cookie = "wharf_demo", secret = "demo-only-not-a-secret" }}
+servers = [
+{list}]
+
+# Drain a server on the status page: its websockets here are closed after
+# drain_timeout and reconnect to the others.
+[pool.live]
+balance = "least_conn"
+drain_timeout = "5s"
 servers = [
 {list}]
 
@@ -138,13 +158,13 @@ impl Drop for DemoCertificate {
 }
 
 /// Runs `wharf demo`: the demo servers behind wharf on `addr`, until Ctrl-C.
-pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(addr: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let servers = start_demo_servers()
         .await
         .context("cannot start the demo servers")?;
     let certificate =
         DemoCertificate::create().context("cannot make the demo's self-signed certificate")?;
-    let text = demo_config_toml(addr, &servers, Some(&certificate));
+    let text = demo_config_toml(addr, admin, &servers, Some(&certificate));
     let config = crate::config::parse_str("demo.toml", &text)
         .context("the built-in demo config is invalid (a bug in wharf)")?;
     let running = crate::start(config).await.context("cannot start wharf")?;
@@ -160,6 +180,12 @@ pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
          your browser will warn about it). The page's websocket becomes wss://.\n",
         browse_url(bound).replacen("http://", "https://", 1)
     );
+    if let Some(admin) = running.admin_addr() {
+        println!(
+            "  Watch it on the status page: {}status (drain a server there).\n",
+            browse_url(admin)
+        );
+    }
     println!("Built-in demo servers:");
     for (name, addr) in &servers.addrs {
         println!("  {name}  http://{addr}/");
@@ -221,12 +247,12 @@ async fn serve(listener: TcpListener, name: Arc<str>) {
 /// Answers one request to the demo server called `name`.
 fn handle(req: Request<Incoming>, name: Arc<str>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (_, "/ws") => websocket(req, name),
+        (_, "/ws" | "/live") => websocket(req, name),
         (&Method::GET, "/") => {
             let page = PAGE.replace("{{SERVER}}", &name);
             reply(StatusCode::OK, "text/html; charset=utf-8", page)
         }
-        (&Method::GET, "/api/whoami") => {
+        (&Method::GET, "/api/whoami" | "/ws/poll") => {
             let json = format!("{{\"server\":\"{name}\"}}");
             reply(StatusCode::OK, "application/json", json)
         }
@@ -396,7 +422,12 @@ mod tests {
         let servers = start_demo_servers().await.unwrap();
         let bind: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let certificate = DemoCertificate::create().expect("a demo certificate");
-        let text = demo_config_toml(bind, &servers, Some(&certificate));
+        let text = demo_config_toml(
+            bind,
+            "127.0.0.1:9090".parse().unwrap(),
+            &servers,
+            Some(&certificate),
+        );
         let config = match crate::config::parse_str("demo.toml", &text) {
             Ok(config) => config,
             Err(e) => panic!("{e}\n--- demo.toml ---\n{text}"),
@@ -410,11 +441,21 @@ mod tests {
             .iter()
             .map(|r| (r.path_prefix.as_deref(), r.pool.as_str()))
             .collect();
-        assert_eq!(routes, [(Some("/ws"), "realtime"), (None, "web")]);
+        assert_eq!(
+            routes,
+            [
+                (Some("/ws"), "realtime"),
+                (Some("/live"), "live"),
+                (None, "web")
+            ]
+        );
+        assert!(config.pool("realtime").unwrap().sticky.is_some());
+        assert!(crate::config::warnings(&config).is_empty());
 
         let expected: Vec<_> = servers.addrs.iter().map(|(_, a)| (*a, 1)).collect();
         for (pool, balance) in [
             ("realtime", crate::config::BalanceConfig::LeastConn),
+            ("live", crate::config::BalanceConfig::LeastConn),
             ("web", crate::config::BalanceConfig::RoundRobin),
         ] {
             let pool = config.pool(pool).unwrap();

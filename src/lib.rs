@@ -29,9 +29,12 @@
 //! - [`sticky`]: session affinity: inserted cookie, learned sessions, hash keys.
 //! - [`tunnel`]: copies bytes both ways for upgraded connections.
 //! - [`health`]: active health checks feeding server state.
-//! - [`admin`]: the admin API (server states; drain, maintenance, ready).
+//! - [`admin`]: the admin listener: API (drain, maintenance, ready), `/metrics`, `/status`.
+//! - [`metrics`]: Prometheus families and the handles the data path increments.
+//! - [`access_log`]: one line per request and tunnel, written by its own thread.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;
@@ -42,6 +45,7 @@ pub mod handover;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod proxy_protocol;
 pub mod registry;
 pub mod route;

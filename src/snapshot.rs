@@ -11,7 +11,10 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, ListenerConfig};
+use crate::metrics::live::{LiveListener, LivePool, LiveServer};
+use crate::metrics::{LiveGauges, LiveSource, RouteHandles};
 use crate::registry::Registry;
 use crate::tls::{CertificateFiles, TlsError, TlsTerminator};
 use crate::upstream::Pool;
@@ -23,14 +26,22 @@ pub struct Snapshot {
     pools: HashMap<String, Arc<Pool>>,
     /// Each TLS listener's terminator, by listener name.
     tls: HashMap<String, Arc<TlsTerminator>>,
+    /// Each route's metric handles (counters live in the registry).
+    pub routes: RouteHandles,
 }
 
 impl Snapshot {
-    pub fn new(config: Arc<Config>, pools: HashMap<String, Arc<Pool>>, tls: Certificates) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        pools: HashMap<String, Arc<Pool>>,
+        tls: Certificates,
+        routes: RouteHandles,
+    ) -> Self {
         Snapshot {
             config,
             pools,
             tls: tls.0,
+            routes,
         }
     }
 
@@ -108,15 +119,18 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Cancelled when wharf starts shutting down.
     pub stopping: CancellationToken,
+    /// Where access log lines go, as configured at start.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, registry: Registry) -> Self {
+    pub fn new(snapshot: Snapshot, registry: Registry, access_log: Option<AccessLog>) -> Self {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
+            access_log,
         }
     }
 
@@ -128,5 +142,41 @@ impl Shared {
     /// Makes `snapshot` the current one; requests already started keep theirs.
     pub fn swap(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+    }
+}
+
+/// The gauges of live state, read at each scrape.
+impl LiveSource for Shared {
+    fn live_gauges(&self) -> LiveGauges {
+        let snapshot = self.snapshot();
+        let mut live = LiveGauges::default();
+        self.registry.listeners.with(|listeners| {
+            for (name, listener) in listeners.iter() {
+                live.listeners.push(LiveListener {
+                    listener: name.clone(),
+                    open: listener.open_connections(),
+                });
+            }
+        });
+        let now = std::time::Instant::now();
+        for pool in snapshot.pools() {
+            live.pools.push(LivePool {
+                pool: pool.name().to_owned(),
+                queued: pool.queued(),
+            });
+            for server in &pool.servers {
+                let state = server.state();
+                live.servers.push(LiveServer {
+                    pool: pool.name().to_owned(),
+                    server: server.address.to_string(),
+                    health: state.health.name(),
+                    admin: state.admin.name(),
+                    serving: server.is_serving(),
+                    ejected: state.ejected_until.is_some_and(|until| now < until),
+                    active: server.active(),
+                });
+            }
+        }
+        live
     }
 }

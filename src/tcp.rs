@@ -55,11 +55,13 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
             pool.config.timeouts.connect,
             proxy_header.as_deref(),
         );
+        server.metrics.requests.inc();
         let stream = match connect.await {
             Ok(stream) => stream,
             // wharf's own trouble: logged where it happened, nobody's fault.
             Err(e) if !e.is_server_fault() => return,
             Err(e) => {
+                server.metrics.connect_failures.inc();
                 pool.record_outcome(&server, Outcome::ConnectFailure, &e.to_string());
                 tracing::info!(%listener, client = %from.peer, pool = pool.name(), server = %server.address, error = %e, "TCP connect failed; trying another server");
                 failed.push(server.address);
@@ -78,6 +80,7 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
         let control = tunnel::TunnelControl::new();
         // Found from the server's live state while open: drains close it.
         let _registration = server.tunnels.register(control.clone());
+        let open = server.metrics.tunnel_opened();
         let report = tunnel::run(
             (client, Bytes::new()),
             (stream, Bytes::new()),
@@ -86,6 +89,17 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
             drained,
         )
         .await;
+        drop(open);
+        server
+            .metrics
+            .bytes
+            .to_server
+            .inc_by(report.client_to_server);
+        server
+            .metrics
+            .bytes
+            .to_client
+            .inc_by(report.server_to_client);
         tracing::debug!(%listener, client = %from.peer, pool = %server.pool, server = %server.address, ?report, "TCP tunnel closed");
         drop(guard);
         return;

@@ -125,10 +125,16 @@ async fn request(addr: SocketAddr, method: Method, path: &str, body: &str) -> Re
             .await
             .expect("handshake");
         tokio::spawn(connection);
-        let request = Request::builder()
+        // What the admin listener asks of a client without a token: a Host
+        // naming it, and a JSON content type on state changes.
+        let mut request = Request::builder()
             .method(method.clone())
             .uri(path)
-            .header(http::header::HOST, "app.test")
+            .header(http::header::HOST, addr.to_string());
+        if method == Method::POST {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.to_owned())))
             .expect("request");
         let response = sender.send_request(request).await.expect("response");
@@ -768,7 +774,7 @@ async fn shutdown_closes_the_admin_api() {
     let api = admin(&wharf);
     // A keep-alive connection left open after one request.
     let mut open = TcpStream::connect(api).await.expect("connect");
-    open.write_all(b"GET /api/pools HTTP/1.1\r\nHost: x\r\n\r\n")
+    open.write_all(format!("GET /api/pools HTTP/1.1\r\nHost: {api}\r\n\r\n").as_bytes())
         .await
         .expect("send");
     let mut head = [0u8; 15];
@@ -841,7 +847,7 @@ async fn unknown_pools_servers_states_paths_and_methods_get_json_errors() {
             400,
         ),
         (Method::POST, "/api/pools/%zz".into(), 400),
-        (Method::GET, "/".into(), 404),
+        (Method::GET, "/nope".into(), 404),
         (Method::GET, "/api".into(), 404),
         (Method::GET, "/api/pools/".into(), 404),
         (Method::GET, "/api/pools/app/servers".into(), 404),

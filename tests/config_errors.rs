@@ -590,6 +590,11 @@ fn the_whole_design_contract_parses() {
     let text = r#"
 [admin]
 bind = "127.0.0.1:9090"
+token = "change-me"
+
+[access_log]
+to = "stdout"
+format = "json"
 
 [[listener]]
 name = "public"
@@ -886,5 +891,58 @@ sticky = { learn = "socket.io" }
             "wharf.toml:9:21: a cookie name must be made of token characters, not \"a b\"",
             "wharf.toml:12:20: `learn` must be \"cookie:NAME\" or \"engine.io\", not \"socket.io\"",
         ]
+    );
+}
+
+const ONE_LISTENER: &str = r#"
+[[listener]]
+name = "a"
+bind = "127.0.0.1:0"
+[[listener.route]]
+pool = "p"
+
+[pool.p]
+servers = ["127.0.0.1:4000"]
+"#;
+
+#[test]
+fn admin_off_loopback_needs_a_token() {
+    assert_single_error(
+        &format!("[admin]\nbind = \"0.0.0.0:9090\"\n{ONE_LISTENER}"),
+        "wharf.toml:2:8: the admin listener on 0.0.0.0:9090 is reachable from other hosts: \
+         set `token` in [admin], or bind to 127.0.0.1",
+    );
+    let config = parse_ok(&format!(
+        "[admin]\nbind = \"0.0.0.0:9090\"\ntoken = \"s3cret-token\"\n{ONE_LISTENER}"
+    ));
+    let admin = config.admin.expect("admin");
+    assert_eq!(admin.token.as_deref(), Some("s3cret-token"));
+    let config = parse_ok(&format!("[admin]\nbind = \"[::1]:9090\"\n{ONE_LISTENER}"));
+    assert_eq!(config.admin.expect("admin").token, None);
+    assert_single_error(
+        &format!("[admin]\nbind = \"127.0.0.1:9090\"\ntoken = \"short\"\n{ONE_LISTENER}"),
+        "wharf.toml:3:9: `token` must be at least 8 characters, without spaces",
+    );
+}
+
+#[test]
+fn access_log_keys_parse() {
+    use wharf::config::{AccessLogFormat, AccessLogTarget};
+    let config = parse_ok(&format!("[access_log]\n{ONE_LISTENER}"));
+    let log = config.access_log.expect("access_log");
+    assert_eq!(log.to, AccessLogTarget::Stdout);
+    assert_eq!(log.format, AccessLogFormat::Json);
+    let config = parse_ok(&format!(
+        "[access_log]\nto = \"logs/access.log\"\nformat = \"text\"\n{ONE_LISTENER}"
+    ));
+    let log = config.access_log.expect("access_log");
+    assert_eq!(
+        log.to,
+        AccessLogTarget::File(std::path::PathBuf::from("logs/access.log"))
+    );
+    assert_eq!(log.format, AccessLogFormat::Text);
+    assert_single_error(
+        &format!("[access_log]\nformat = \"xml\"\n{ONE_LISTENER}"),
+        "wharf.toml:2:10: `format` must be \"json\" or \"text\", not \"xml\"",
     );
 }

@@ -17,8 +17,11 @@ use support::{Backend, RawClient, Running, WsClient, public, start_wharf, within
 const WINDOW: Duration = Duration::from_secs(2);
 
 async fn admin(running: &Running, path: &str) {
-    let mut client = RawClient::connect(running.admin_addr().expect("admin")).await;
-    let request = format!("POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n");
+    let admin = running.admin_addr().expect("admin");
+    let mut client = RawClient::connect(admin).await;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
+    );
     let response = client.request(request.as_bytes()).await;
     assert_eq!(response.status, 200, "{path}: {}", response.text());
 }

@@ -1,6 +1,7 @@
 //! The real `wharf run` binary: a binary upgrade through `--upgrade-socket`
 //! refuses no connection and fails no request, and SIGTERM lets a slow
-//! request in flight finish before wharf exits 0.
+//! request in flight finish before wharf exits 0; SIGUSR1 reopens the access
+//! log after rotation.
 
 mod support;
 
@@ -181,6 +182,60 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
         tokio::net::TcpStream::connect(bind).await.is_err(),
         "nothing listens any more"
     );
+}
+
+#[tokio::test]
+async fn sigusr1_reopens_the_access_log_after_rotation() {
+    let dir = TempDir::new("upgrade");
+    let backend = Backend::normal("a").await;
+    let (config, bind) = setup(&dir, &backend).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    // Relative to the config file's folder.
+    dir.write(
+        "wharf.toml",
+        format!("{text}\n[access_log]\nto = \"access.log\"\nformat = \"text\"\n"),
+    );
+    let wharf = Wharf::start(&config, &dir.0.join("upgrade.sock"));
+    wait_until_serving(bind).await;
+    let log = dir.0.join("access.log");
+    let lines = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let wait_lines = |path: std::path::PathBuf, n: usize| {
+        within("access log lines", async move {
+            while lines(&path).len() < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    get(bind, "app.test", "/before").await;
+    // wait_until_serving's own requests are logged too.
+    wait_lines(log.clone(), 1).await;
+    // What logrotate does: move the file away, then signal.
+    let rotated = dir.0.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let logged_before = lines(&rotated).len();
+    wharf.signal(Signal::USR1);
+    // The reopen happens before the next line; poll until a request lands in a new file.
+    within("a line in the reopened file", async {
+        loop {
+            get(bind, "app.test", "/after").await;
+            if lines(&log).iter().any(|l| l.contains("path=/after")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(lines(&rotated).len() >= logged_before);
+    assert!(lines(&rotated).iter().any(|l| l.contains("path=/before")));
+    assert!(!lines(&log).iter().any(|l| l.contains("path=/before")));
+    wharf.signal(Signal::TERM);
+    assert_eq!(wharf.exit_code().await, Some(0));
 }
 
 /// The process ids whose command line mentions `needle` (a test's own temp

@@ -297,7 +297,7 @@ async fn a_drained_server_closes_its_websockets_with_1001_spread_over_the_window
         let admin = running.admin_addr().expect("admin listener");
         let mut client = RawClient::connect(admin).await;
         let request = format!(
-            "POST /api/pools/web/servers/{drained}/drain HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
+            "POST /api/pools/web/servers/{drained}/drain HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
         );
         let response = client.request(request.as_bytes()).await;
         assert_eq!(response.status, 200, "{}", response.text());

@@ -125,7 +125,7 @@ fn balance_name(balance: BalanceConfig) -> &'static str {
 }
 
 /// Milliseconds since the Unix epoch (negative before it), saturating.
-fn unix_ms(at: SystemTime) -> i64 {
+pub(crate) fn unix_ms(at: SystemTime) -> i64 {
     match at.duration_since(UNIX_EPOCH) {
         Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
         Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
@@ -133,7 +133,7 @@ fn unix_ms(at: SystemTime) -> i64 {
 }
 
 /// `2025-01-31T12:00:00.123Z` for a time in Unix milliseconds.
-fn rfc3339_utc(unix_ms: i64) -> String {
+pub(crate) fn rfc3339_utc(unix_ms: i64) -> String {
     let days = unix_ms.div_euclid(86_400_000);
     let ms_of_day = unix_ms.rem_euclid(86_400_000);
     let (year, month, day) = civil_from_days(days);

@@ -1,14 +1,18 @@
-//! The admin API: server states, and the operator's drain / maintenance / ready.
+//! The admin listener: the status page, metrics, and a JSON API for server
+//! states, the operator's drain / maintenance / ready, and reload.
 //!
-//! A small HTTP/1.1 JSON API on its own port (`[admin] bind`), meant for a
-//! private address: it has no authentication. This module accepts
-//! connections and serves each with hyper; `api` routes the requests and
-//! `json` shapes the answers.
+//! A small HTTP/1.1 server on its own port (`[admin] bind`). `guard` decides
+//! who may use it (token, `Host`, content type; see there), `api` routes the
+//! JSON API, `json` and `status` shape its answers, `status.html` is the
+//! page. Requests are logged at debug level.
 //!
 //! # Endpoints
 //!
 //! | Method | Path | Answer |
 //! |---|---|---|
+//! | `GET` | `/status` | the status page (HTML, self-contained; `/` redirects here) |
+//! | `GET` | `/metrics` | Prometheus metrics (OpenMetrics text) |
+//! | `GET` | `/api/status` | `200` everything the page shows: listeners, routes, pools, servers, counters |
 //! | `GET` | `/api/pools` | `200` `{"pools": [POOL, ...]}`, in config order |
 //! | `GET` | `/api/pools/{pool}` | `200` `POOL`; `404` if there is no such pool |
 //! | `POST` | `/api/pools/{pool}/servers/{address}/{state}` | `200` `SERVER` after setting its admin state |
@@ -75,7 +79,9 @@
 //! ```
 
 mod api;
-mod json;
+mod guard;
+pub(crate) mod json;
+mod status;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -83,7 +89,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -96,7 +103,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::Acceptor;
-use crate::snapshot::Shared;
+use crate::metrics;
+use crate::snapshot::{Shared, Snapshot};
 
 /// Reloads the config file (what SIGHUP does): a summary of what changed,
 /// or every error, and then nothing changed.
@@ -121,6 +129,10 @@ pub async fn serve(
     stop: CancellationToken,
     reload: Reload,
 ) {
+    let Ok(local) = socket.local_addr() else {
+        tracing::error!("the admin listener has no local address; not serving it");
+        return;
+    };
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut acceptor = Acceptor::new(socket, limit, "admin".to_owned());
     while let Some((stream, peer, permit)) = acceptor.next(&stop).await {
@@ -129,7 +141,7 @@ pub async fn serve(
         let reload = reload.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = serve_connection(stream, peer, shared, reload) => {}
+                () = serve_connection(stream, peer, local, shared, reload) => {}
                 () = stop.cancelled() => {}
             }
             drop(permit);
@@ -141,10 +153,12 @@ pub async fn serve(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     shared: Arc<Shared>,
     reload: Reload,
 ) {
-    let service = service_fn(move |request| handle(request, peer, shared.clone(), reload.clone()));
+    let service =
+        service_fn(move |request| handle(request, peer, local, shared.clone(), reload.clone()));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(REQUEST_TIMEOUT)
@@ -154,37 +168,97 @@ async fn serve_connection(
     }
 }
 
-/// hyper's service entry point: reads (and discards) a small body, then
-/// answers from [`api::respond`]. Never fails.
+/// hyper's service entry point: reads (and discards) a small body, checks
+/// the request is allowed ([`guard`]), then answers it. Never fails.
 async fn handle(
     request: Request<Incoming>,
     peer: SocketAddr,
+    local: SocketAddr,
     shared: Arc<Shared>,
     reload: Reload,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
-    if let Err(refusal) = read_small_body(body).await {
-        return Ok(refusal);
-    }
-    let response = match (&parts.method, parts.uri.path()) {
-        (&http::Method::POST, "/api/reload") => reload_now(&reload, peer).await,
-        (_, "/api/reload") => {
-            let mut response = api::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("/api/reload takes POST, not {}", parts.method),
-            );
-            response
-                .headers_mut()
-                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
-            response
+    let response = match read_small_body(body).await {
+        Err(refusal) => refusal,
+        Ok(()) => {
+            let snapshot = shared.snapshot();
+            let token = snapshot
+                .config
+                .admin
+                .as_ref()
+                .and_then(|a| a.token.as_deref());
+            match guard::Access::new(token, local).check(&parts) {
+                Err(refusal) => refusal.response(),
+                Ok(()) if parts.uri.path() == "/api/reload" => {
+                    if parts.method == Method::POST {
+                        reload_now(&reload, peer).await
+                    } else {
+                        not_allowed(parts.uri.path(), &parts.method, "POST")
+                    }
+                }
+                Ok(()) => answer(&parts.method, parts.uri.path(), peer, &snapshot, &shared),
+            }
         }
-        _ => api::respond(&parts.method, parts.uri.path(), peer, &shared.snapshot()),
     };
-    tracing::info!(
+    tracing::debug!(
         client = %peer, method = %parts.method, path = parts.uri.path(),
         status = response.status().as_u16(), "admin request"
     );
     Ok(response)
+}
+
+/// The page, the metrics and the status, else the JSON API.
+fn answer(
+    method: &Method,
+    path: &str,
+    peer: SocketAddr,
+    snapshot: &Snapshot,
+    shared: &Shared,
+) -> Response<Full<Bytes>> {
+    let page = match path {
+        "/" => {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::FOUND;
+            response
+                .headers_mut()
+                .insert(header::LOCATION, HeaderValue::from_static("/status"));
+            response
+        }
+        "/status" | "/status/" => with_type(STATUS_PAGE.into(), "text/html; charset=utf-8"),
+        "/metrics" => with_type(
+            shared.registry.metrics.encode().into(),
+            metrics::CONTENT_TYPE,
+        ),
+        "/api/status" => api::json(StatusCode::OK, &status::status(snapshot, shared)),
+        _ => return api::respond(method, path, peer, snapshot),
+    };
+    if method != Method::GET && method != Method::HEAD {
+        return not_allowed(path, method, "GET, HEAD");
+    }
+    page
+}
+
+/// `405` with `Allow`.
+fn not_allowed(path: &str, method: &Method, allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = api::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("{path} takes {allow}, not {method}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// The status page: one self-contained file, no build step.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+fn with_type(body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// `POST /api/reload`: reloads the config file and says what changed, or

@@ -37,8 +37,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Worker threads; `None`: one per core.
     pub workers: Option<usize>,
-    /// The admin API (server states, and later metrics and status), if any.
+    /// The admin listener (API, metrics, status page), if any.
     pub admin: Option<AdminConfig>,
+    /// Where access log lines go, if anywhere.
+    pub access_log: Option<AccessLogConfig>,
     pub listeners: Vec<ListenerConfig>,
     /// In file order; names are unique.
     pub pools: Vec<PoolConfig>,
@@ -50,10 +52,38 @@ impl Config {
     }
 }
 
-/// `[admin]`: where the admin API listens. Keep it on a private address.
+/// `[admin]`: where the admin listener is, and the token it asks for.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
+    /// When set, every admin request needs `Authorization: Bearer <token>`
+    /// (the status page itself excepted). Required off loopback.
+    pub token: Option<String>,
+}
+
+/// `[access_log]`: one line per request and per finished tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub to: AccessLogTarget,
+    pub format: AccessLogFormat,
+}
+
+/// Where access log lines are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    /// A file, appended to, reopened on SIGUSR1 (relative paths are taken
+    /// from the config file's directory).
+    File(std::path::PathBuf),
+}
+
+/// How an access log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// `key=value` fields, strings quoted when needed (see the README).
+    Text,
 }
 
 /// One `[[listener]]`: a port and its routes.

@@ -17,8 +17,9 @@ use super::reader::{
 };
 use super::size::Size;
 use super::{
-    AdminConfig, BalanceConfig, CertificatePaths, Config, ConfigErrors, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_DRAIN_WINDOW, DEFAULT_IDLE_CONNECTIONS, DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE,
+    AccessLogConfig, AccessLogFormat, AccessLogTarget, AdminConfig, BalanceConfig,
+    CertificatePaths, Config, ConfigErrors, DEFAULT_DRAIN_TIMEOUT, DEFAULT_DRAIN_WINDOW,
+    DEFAULT_IDLE_CONNECTIONS, DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE,
     DEFAULT_LISTENER_MAX_CONNECTIONS, DEFAULT_MIN_UPLOAD_RATE, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES,
     EjectionPolicy, HashKey, HealthCheck, HealthConfig, HostMatch, LearnSource, Limits,
     ListenerConfig, ListenerTimeouts, ListenerTls, Plaintext, PoolConfig, PoolMode, PoolTimeouts,
@@ -65,6 +66,7 @@ fn read_config(mut root: Table<'_>) -> Read<Config> {
         })
     });
     let admin = read_admin(&mut root);
+    let access_log = read_access_log(&mut root);
     let pool_tables = root.named_tables("pool");
     // `None` when `pool` itself is malformed: then routes cannot be checked against it.
     let defined: Option<Vec<&str>> = pool_tables
@@ -95,22 +97,75 @@ fn read_config(mut root: Table<'_>) -> Read<Config> {
         shutdown_timeout: shutdown_timeout?,
         workers: workers?,
         admin: admin?,
+        access_log: access_log?,
         listeners: listeners?,
         pools: pools?,
     })
 }
 
-/// `[admin] bind = "127.0.0.1:9090"`.
+/// `[admin] bind = "127.0.0.1:9090"`, `token = "..."`. An admin listener
+/// reachable from other hosts must ask for a token.
 fn read_admin(root: &mut Table<'_>) -> Read<Option<AdminConfig>> {
     let Some(mut t) = root.table("admin")? else {
         return Ok(None);
     };
-    let bind = t.required("bind", |s: &str| {
-        parse_bind(s)
-            .ok_or_else(|| format!("`bind` must be an address like 127.0.0.1:9090, not {s:?}"))
+    let errors = t.errors();
+    let bind = t.get_required::<&str>("bind").and_then(|field| {
+        parse_bind(field.value)
+            .map(|addr| (addr, field.span.clone()))
+            .ok_or_else(|| {
+                errors.error(
+                    &field.span,
+                    format!(
+                        "`bind` must be an address like 127.0.0.1:9090, not {:?}",
+                        field.value
+                    ),
+                )
+            })
+    });
+    let token = t.optional("token", None, |s: &str| {
+        if s.len() < 8 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Err("`token` must be at least 8 characters, without spaces".to_owned())
+        } else {
+            Ok(Some(s.to_owned()))
+        }
     });
     t.finish();
-    Ok(Some(AdminConfig { bind: bind? }))
+    let ((bind, span), token) = (bind?, token?);
+    if token.is_none() && !bind.ip().is_loopback() {
+        return Err(errors.error(
+            &span,
+            format!(
+                "the admin listener on {bind} is reachable from other hosts: set `token` in [admin], or bind to 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(Some(AdminConfig { bind, token }))
+}
+
+/// `[access_log] to = "stdout" | "PATH"`, `format = "json" | "text"`.
+fn read_access_log(root: &mut Table<'_>) -> Read<Option<AccessLogConfig>> {
+    let Some(mut t) = root.table("access_log")? else {
+        return Ok(None);
+    };
+    let base = t.errors().base_dir();
+    let to = t.optional("to", AccessLogTarget::Stdout, |s: &str| match s {
+        "" => Err("`to` is empty: use \"stdout\" or a file path".to_owned()),
+        "stdout" | "-" => Ok(AccessLogTarget::Stdout),
+        path => Ok(AccessLogTarget::File(base.join(path))),
+    });
+    let format = t.optional("format", AccessLogFormat::Json, |s: &str| match s {
+        "json" => Ok(AccessLogFormat::Json),
+        "text" => Ok(AccessLogFormat::Text),
+        other => Err(format!(
+            "`format` must be \"json\" or \"text\", not {other:?}"
+        )),
+    });
+    t.finish();
+    Ok(Some(AccessLogConfig {
+        to: to?,
+        format: format?,
+    }))
 }
 
 /// Reads every item (each reports its own mistakes) before giving up on any.

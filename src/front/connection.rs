@@ -15,6 +15,7 @@ use super::sniff::{self, Protocol, peek_more};
 use crate::config::{ListenerConfig, Plaintext};
 use crate::http::{self, ClientConnection};
 use crate::listener::Accepted;
+use crate::metrics::ListenerMetrics;
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::snapshot::{Shared, Snapshot};
 use crate::tcp::{self, TcpClient};
@@ -29,6 +30,7 @@ pub async fn handle(
     listener: Arc<str>,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    metrics: Arc<ListenerMetrics>,
 ) {
     let snapshot = shared.snapshot();
     let Some(config) = snapshot.listener(&listener) else {
@@ -87,11 +89,18 @@ pub async fn handle(
             let handshake =
                 tokio::time::timeout_at(handshake_deadline, terminator.accept(stream)).await;
             match handshake {
-                Ok(Ok(tls)) => http::serve(tls, client("https"), shared, stop).await,
+                Ok(Ok(tls)) => {
+                    metrics.tls_handshakes.inc();
+                    http::serve(tls, client("https"), shared, stop).await
+                }
                 Ok(Err(e)) => {
+                    metrics.tls_failures.inc();
                     tracing::info!(%listener, %peer, error = %e, "TLS handshake failed")
                 }
-                Err(_) => tracing::info!(%listener, %peer, "TLS handshake timed out"),
+                Err(_) => {
+                    metrics.tls_failures.inc();
+                    tracing::info!(%listener, %peer, "TLS handshake timed out")
+                }
             }
         }
         Next::Tcp(pool) => tcp::forward(stream, from, pool, &listener).await,

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -51,7 +51,10 @@ impl<B> Counted<B> {
     }
 }
 
-impl<B: Body> Body for Counted<B> {
+impl<B: Body> Body for Counted<B>
+where
+    B::Data: Buf,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -61,8 +64,17 @@ impl<B: Body> Body for Counted<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.guard.take();
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(guard)) = (frame.data_ref(), this.guard.as_ref()) {
+                    let metrics = &guard.server().metrics;
+                    metrics.bytes.to_client.inc_by(data.remaining() as u64);
+                }
+            }
+            Poll::Ready(None | Some(Err(_))) => {
+                this.guard.take();
+            }
+            Poll::Pending => {}
         }
         polled
     }

@@ -15,6 +15,7 @@ pub mod headers;
 mod learn_sid;
 mod plaintext;
 mod proxy;
+mod record;
 mod send;
 pub mod strict;
 mod upgrade;

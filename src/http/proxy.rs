@@ -20,6 +20,7 @@ use super::error::ProxyError;
 use super::framing::FramingFault;
 use super::headers::{self, ClientInfo};
 use super::learn_sid::LearnSid;
+use super::record::{self, Exchange};
 use super::send::{return_when_idle, send_with_retries};
 use super::strict;
 use super::{ClientConnection, upgrade};
@@ -53,34 +54,36 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let snapshot = shared.snapshot();
     let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let mut exchange = Exchange::start(request.method().clone(), request.uri().path().to_owned());
     let listener = &client.listener;
-    match forward(request, &client, &snapshot, &shared).await {
+    let response = match forward(request, &client, &snapshot, &shared, &mut exchange).await {
         Ok(response) => {
             tracing::debug!(
-                listener = %listener, client = %client.peer, %method, %path,
-                status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64,
-                "proxied"
+                listener = %listener, client = %client.peer, method = %exchange.method(),
+                path = exchange.path(), status = response.status().as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64, "proxied"
             );
-            Ok(response)
+            response
         }
         Err(failure) if matches!(failure.error, ProxyError::Connect(ConnectError::Local(_))) => {
             // Logged once per episode where it happened (crate::fd).
-            Ok(error_response(&failure.error))
+            error_response(&failure.error)
         }
         Err(failure) => {
             let status = failure.error.status();
             tracing::warn!(
-                listener = %listener, client = %client.peer, %method, %path,
+                listener = %listener, client = %client.peer, method = %exchange.method(),
+                path = exchange.path(),
                 pool = failure.pool.as_deref().unwrap_or("-"),
                 server = %failure.server.map_or_else(|| "-".to_owned(), |s| s.to_string()),
                 status = status.as_u16(), error = %failure.error,
                 "request failed"
             );
-            Ok(error_response(&failure.error))
+            exchange.server = exchange.server.or(failure.server);
+            error_response(&failure.error)
         }
-    }
+    };
+    Ok(exchange.finish(response, &client, &shared))
 }
 
 fn error_response(error: &ProxyError) -> Response<ResponseBody> {
@@ -109,6 +112,7 @@ async fn forward(
     client: &Arc<ClientConnection>,
     snapshot: &Snapshot,
     shared: &Shared,
+    exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, Failure> {
     let listener = snapshot
         .listener(&client.listener)
@@ -135,8 +139,16 @@ async fn forward(
         .any(|net| net.contains(&client.peer.ip().to_canonical()));
     let route = crate::route::find(&listener.routes, host.as_deref(), request.uri().path())
         .ok_or(ProxyError::NoRoute)?;
+    exchange.route = listener
+        .routes
+        .iter()
+        .position(|r| std::ptr::eq(r, route))
+        .and_then(|index| snapshot.routes.get(&listener.name, index))
+        .cloned();
     let pool = snapshot.pool(&route.pool).ok_or(ProxyError::NoRoute)?;
+    exchange.pool = Some(pool.clone());
     let upgrades = allowed_upgrades(&request, route);
+    exchange.upgrade_asked = !upgrades.is_empty();
     let client_upgrade = (!upgrades.is_empty()).then(|| hyper::upgrade::on(&mut request));
 
     let affinity = sticky::affinity(
@@ -152,6 +164,8 @@ async fn forward(
     if let Some(sticky) = &pool.sticky {
         sticky.strip_request(upstream_request.headers_mut());
     }
+    exchange.upload = upload.clone();
+    let sent_at = Instant::now();
     let (mut response, guard, connection) = send_with_retries(
         pool,
         upstream_request,
@@ -166,6 +180,16 @@ async fn forward(
         server,
     })?;
     let server = guard.server().clone();
+    exchange.server_time = Some(sent_at.elapsed());
+    exchange.server = Some(server.address);
+    exchange.sticky = record::sticky_decision(
+        pool.sticky.is_some(),
+        &affinity,
+        pool.position_of(server.address),
+    );
+    if let Some(upload) = &exchange.upload {
+        server.metrics.bytes.to_server.inc_by(*upload.borrow());
+    }
     pin_client(pool, &affinity, &server, client, response.headers_mut());
     let fail = |error| Failure {
         error,
@@ -193,6 +217,7 @@ async fn forward(
             },
             client.clone(),
             &shared.tasks,
+            exchange.tunnel(client, shared),
         ));
     }
 

@@ -75,6 +75,8 @@ pub async fn send_with_retries(
             replay: replay.as_ref(),
             proxy_header: proxy_header.as_deref(),
         };
+        server.metrics.requests.inc();
+        let sent_at = std::time::Instant::now();
         match send(&server, attempt, sending).await {
             Ok((response, connection)) => {
                 // A response with conflicting framing: its connection is
@@ -85,6 +87,7 @@ pub async fn send_with_retries(
                     return Err((ProxyError::BadResponse(reason), Some(server.address)));
                 }
                 let status = response.status();
+                server.metrics.responded(status.as_u16(), sent_at.elapsed());
                 // Only gateway failures count (as Envoy's
                 // `consecutive_gateway_failure`): a 500 is an answer, and one
                 // client's requests can provoke it.
@@ -100,7 +103,10 @@ pub async fn send_with_retries(
                     // wharf's own trouble (out of descriptors): nobody's fault
                     // but ours, and another server would fare no better.
                     ProxyError::Connect(ref e) if !e.is_server_fault() => None,
-                    ProxyError::Connect(_) => Some(Outcome::ConnectFailure),
+                    ProxyError::Connect(_) => {
+                        server.metrics.connect_failures.inc();
+                        Some(Outcome::ConnectFailure)
+                    }
                     ProxyError::ClientAborted(_) | ProxyError::UploadStalled(_) => None,
                     _ => Some(Outcome::ServerError),
                 };
@@ -112,6 +118,7 @@ pub async fn send_with_retries(
                     || (replay.is_some() && matches!(error, ProxyError::Server(_)));
                 failed.push(server.address);
                 if retry {
+                    server.metrics.retries.inc();
                     tracing::info!(
                         pool = pool.name(), server = %server.address, %error,
                         "request not delivered; trying another server"

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::body::{self, ResponseBody};
 use super::framing::Tapped;
+use super::record::TunnelRecord;
 use super::{ClientConnection, headers};
 use crate::config::WebSocketRoute;
 use crate::tunnel::{
@@ -46,6 +47,7 @@ pub fn start_tunnel(
     route: TunnelRoute,
     connection: Arc<ClientConnection>,
     tasks: &TaskTracker,
+    record: TunnelRecord,
 ) -> Response<ResponseBody> {
     let server_upgrade = hyper::upgrade::on(&mut server_response);
     let (mut parts, _) = server_response.into_parts();
@@ -74,6 +76,7 @@ pub fn start_tunnel(
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
                 tracing::info!(%client, %server, error = %e, "upgrade abandoned before the tunnel opened");
+                record.abandoned();
                 return;
             }
             Err(_) => {
@@ -81,6 +84,7 @@ pub fn start_tunnel(
                 return;
             }
         };
+        let tunnel_open = guard.server().metrics.tunnel_opened();
         let Ok(server_side) = server_io.downcast::<TokioIo<TcpStream>>() else {
             tracing::error!(%client, %server, "upgraded server connection is not a TCP stream; closing it");
             return;
@@ -113,6 +117,8 @@ pub fn start_tunnel(
                 .await
             }
         };
+        record.ended(&report, &guard.server().metrics);
+        drop(tunnel_open);
         drop(guard);
         drop(connection);
         let level_is_error = matches!(report.end, TunnelEnd::Error(_));

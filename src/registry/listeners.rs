@@ -53,6 +53,12 @@ impl ListenerLive {
         self.max_connections = max_connections;
     }
 
+    /// Client connections open now: the places taken under the limit.
+    pub fn open_connections(&self) -> usize {
+        self.max_connections
+            .saturating_sub(self.limit.available_permits())
+    }
+
     /// Stops accepting; open connections finish.
     pub fn stop(&self) {
         self.stop.cancel();

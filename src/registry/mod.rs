@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub use listeners::{ListenerLive, Listeners};
 
 use crate::config::Config;
+use crate::metrics::{Metrics, RouteHandles};
 use crate::upstream::{Pool, PoolLive, Server};
 
 /// A server's identity: the pool it belongs to and its address.
@@ -35,6 +36,9 @@ pub struct Registry {
     pub listeners: Listeners,
     /// Websocket counters per route (per server: in each [`Server`]).
     pub websocket_routes: crate::tunnel::RouteStats,
+    /// Every counter, by identity: a server's, a listener's and a route's
+    /// handles taken again after a reload are the same counters.
+    pub metrics: Metrics,
 }
 
 /// What reconciling the registry with a config gave.
@@ -46,6 +50,8 @@ pub struct Reconciled {
     pub added: Vec<Arc<Server>>,
     /// Servers the config no longer has: now draining.
     pub removed: Vec<Arc<Server>>,
+    /// The metric handles of every listener's routes, in config order.
+    pub routes: RouteHandles,
 }
 
 impl Registry {
@@ -82,6 +88,7 @@ impl Registry {
                                 s.address,
                                 s.weight,
                                 live.released.clone(),
+                                self.metrics.server(&pool_config.name, s.address),
                             ));
                             if reload {
                                 server.slow_start.begin(std::time::Instant::now());
@@ -110,6 +117,7 @@ impl Registry {
             pools: built,
             added,
             removed,
+            routes: RouteHandles::new(config, &self.metrics),
         }
     }
 

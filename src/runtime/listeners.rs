@@ -173,13 +173,20 @@ fn spawn(shared: &Arc<Shared>, name: &str, bound: BoundSocket, max: usize) -> Li
     let accepting = {
         let shared = shared.clone();
         let stop = stop.clone();
+        let metrics = Arc::new(shared.registry.metrics.listener(name));
         let name: Arc<str> = Arc::from(name);
         tokio::spawn(listener::accept_loop(
             acceptor,
             stop.clone(),
             move |accepted| {
-                let connection =
-                    crate::front::handle(accepted, name.clone(), shared.clone(), stop.clone());
+                metrics.accepted.inc();
+                let connection = crate::front::handle(
+                    accepted,
+                    name.clone(),
+                    shared.clone(),
+                    stop.clone(),
+                    metrics.clone(),
+                );
                 shared.tasks.spawn(connection);
             },
         ))

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use reload::{ReloadError, ReloadSummary, load_checked};
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::registry::Registry;
 use crate::snapshot::{Certificates, Shared, Snapshot};
@@ -40,6 +41,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
 }
 
 /// How to start, beyond the config.
@@ -99,8 +102,22 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let registry = Registry::default();
     let reconciled = registry.reconcile(&config);
     let config = Arc::new(config);
-    let snapshot = Snapshot::new(config.clone(), reconciled.pools, certificates);
-    let shared = Arc::new(Shared::new(snapshot, registry));
+    let access_log = match &config.access_log {
+        Some(log) => Some(AccessLog::start(
+            log,
+            registry.metrics.access_log_dropped(),
+        )?),
+        None => None,
+    };
+    let snapshot = Snapshot::new(
+        config.clone(),
+        reconciled.pools,
+        certificates,
+        reconciled.routes,
+    );
+    let shared = Arc::new(Shared::new(snapshot, registry, access_log));
+    let weak: std::sync::Weak<Shared> = Arc::downgrade(&shared);
+    shared.registry.metrics.set_live(weak);
     let runtime = Arc::new(Runtime {
         shared: shared.clone(),
         config_path: options.config_path,

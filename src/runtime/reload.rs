@@ -173,6 +173,7 @@ impl Running {
             config.clone(),
             reconciled.pools,
             certificates,
+            reconciled.routes,
         ));
         runtime.install(bound, &config);
         health::spawn_checks(&servers, &shared.stopping);

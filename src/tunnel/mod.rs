@@ -76,6 +76,17 @@ pub enum WharfClose {
     PongTimeout,
 }
 
+impl WharfClose {
+    /// The close code wharf sent the client (or, when the client was gone, the server).
+    pub fn code(self) -> u16 {
+        match self {
+            WharfClose::Asked | WharfClose::PongTimeout => 1001,
+            WharfClose::Violation { .. } => 1002,
+            WharfClose::MessageTooBig(_) => 1009,
+        }
+    }
+}
+
 /// How a tunnel ended.
 #[derive(Debug)]
 pub enum TunnelEnd {

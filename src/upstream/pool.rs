@@ -13,6 +13,7 @@ use super::server::{ActiveGuard, Server};
 use super::state::Outcome;
 use crate::balance::{self, Balancer, Maglev, ServerView};
 use crate::config::{PoolConfig, StickyConfig};
+use crate::metrics::ServerMetrics;
 use crate::sticky::learned::LearnedSessions;
 use crate::sticky::{Affinity, Sticky};
 
@@ -154,8 +155,13 @@ impl Pool {
             .servers
             .iter()
             .map(|s| {
-                let server =
-                    Server::new(config.clone(), s.address, s.weight, live.released.clone());
+                let server = Server::new(
+                    config.clone(),
+                    s.address,
+                    s.weight,
+                    live.released.clone(),
+                    ServerMetrics::default(),
+                );
                 Arc::new(server)
             })
             .collect();

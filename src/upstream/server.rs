@@ -14,6 +14,7 @@ use super::idle::IdlePool;
 use super::state::{AdminState, Change, Outcome, ServerState};
 use crate::balance::SlowStart;
 use crate::config::PoolConfig;
+use crate::metrics::ServerMetrics;
 use crate::tunnel::{CLOSE_HANDSHAKE_TIMEOUT, OpenTunnels};
 
 /// Cause recorded when a reload takes a server out of its pool.
@@ -54,6 +55,8 @@ pub struct Server {
     pub tunnels: Arc<OpenTunnels>,
     /// Ramps its share of new connections up after it becomes usable.
     pub slow_start: SlowStart,
+    /// Its counters, kept with its identity across reloads.
+    pub metrics: ServerMetrics,
 }
 
 impl Server {
@@ -63,6 +66,7 @@ impl Server {
         address: SocketAddr,
         weight: u32,
         released: Arc<Notify>,
+        metrics: ServerMetrics,
     ) -> Self {
         let server = Server {
             address,
@@ -82,6 +86,7 @@ impl Server {
             checking: AtomicBool::new(false),
             tunnels: OpenTunnels::new(),
             slow_start: SlowStart::default(),
+            metrics,
         };
         server.configure(config, weight);
         server
@@ -176,6 +181,7 @@ impl Server {
             .lock()
             .record_outcome(outcome, &policy, Instant::now(), cause, may_eject);
         if let Some(change) = change {
+            self.metrics.ejections.inc();
             self.maybe_ejected.store(true, Ordering::Relaxed);
             self.idle.clear();
             self.log_change(&change);

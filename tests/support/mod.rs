@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod accept_any;
+pub mod browser;
 pub mod ws;
 
 use std::convert::Infallible;
@@ -65,6 +66,20 @@ pub async fn start_wharf(toml: &str) -> Running {
         Err(errors) => panic!("invalid test config:\n{errors}\n--- config ---\n{toml}"),
     };
     wharf::start(config).await.expect("wharf starts")
+}
+
+/// wharf started from `text` written to `dir/wharf.toml`, reloadable
+/// (`Running::reload` re-reads that file).
+pub async fn start_from_file(dir: &TempDir, text: &str) -> Running {
+    let path = dir.write("wharf.toml", text);
+    let config = wharf::config::load(&path).expect("a valid config");
+    let options = wharf::StartOptions {
+        config_path: Some(path),
+        ..Default::default()
+    };
+    wharf::start_with(config, options)
+        .await
+        .expect("wharf starts")
 }
 
 /// The address of the listener called `public`, which every helper config uses.
@@ -1365,4 +1380,59 @@ async fn raw_answer(
             return;
         }
     }
+}
+
+// ------------------------------------------------------------------ programs
+
+/// Makes sure `program` is on the PATH, installing Debian's `package` if it
+/// is not (CI installs it first; this keeps `cargo test` working on a fresh
+/// machine).
+pub fn require_program(program: &str, package: &str) {
+    let found = |p: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {p}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if found(program) {
+        return;
+    }
+    eprintln!("{program} is missing: installing the Debian package {package}");
+    for args in [
+        vec!["-o", "DPkg::Lock::Timeout=600", "update", "-qq"],
+        vec![
+            "-o",
+            "DPkg::Lock::Timeout=600",
+            "install",
+            "-y",
+            "-qq",
+            package,
+        ],
+    ] {
+        let status = std::process::Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .expect("run apt-get");
+        assert!(status.success(), "apt-get {args:?} failed");
+    }
+    assert!(
+        found(program),
+        "{program} still missing after installing {package}"
+    );
+}
+
+/// `%`-encodes everything but unreserved characters (RFC 3986 §2.3), for a
+/// query string value.
+pub fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
