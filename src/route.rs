@@ -75,6 +75,7 @@ mod tests {
             pool: pool.to_owned(),
             upgrades: vec!["websocket".into()],
             sni: None,
+            websocket: Default::default(),
         }
     }
 

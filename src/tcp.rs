@@ -70,17 +70,22 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
         };
         pool.record_outcome(&server, Outcome::Success, "connected");
         let drained = server.drained();
-        let idle_timeout = pool.config.timeouts.tunnel_idle;
+        let settings = tunnel::Settings {
+            idle_timeout: pool.config.timeouts.tunnel_idle,
+            websocket: None,
+        };
         // The tunnel may last hours: it holds its server, not the pool of
         // a config snapshot that a reload replaces.
         drop(pool);
+        let control = tunnel::TunnelControl::new();
+        // Found from the server's live state while open: drains close it.
+        let _registration = server.tunnels.register(control.clone());
         let open = server.metrics.tunnel_opened();
         let report = tunnel::run(
-            client,
-            stream,
-            Bytes::new(),
-            Bytes::new(),
-            idle_timeout,
+            (client, Bytes::new()),
+            (stream, Bytes::new()),
+            settings,
+            control,
             drained,
         )
         .await;

@@ -65,7 +65,7 @@ async fn start_wharf(routes: &[(&str, &str)], default_pool: &str, pools: &str) -
         ));
     }
     text.push_str(&format!(
-        "\n[[listener.route]]\npool = \"{default_pool}\"\n\n"
+        "\n[[listener.route]]\npool = \"{default_pool}\"\nupgrades = [\"websocket\", \"x-raw\"]\n\n"
     ));
     text.push_str(pools);
     let config = match wharf::config::parse_str("admin-test.toml", &text) {
@@ -317,7 +317,8 @@ impl EchoBackend {
                     let Some(early) = read_head(&mut stream).await else {
                         return;
                     };
-                    let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                    // `x-raw`, not `websocket`: these bytes are not frames.
+                    let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-raw\r\n\
                                   Connection: Upgrade\r\n\r\n";
                     if stream.write_all(answer.as_bytes()).await.is_err()
                         || stream.write_all(&early).await.is_err()
@@ -363,13 +364,12 @@ async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
     }
 }
 
-/// Opens a websocket through wharf; returns the stream and the status of the answer.
+/// Opens a raw (`x-raw`) tunnel through wharf; returns the stream and the status of the answer.
 async fn open_tunnel(wharf: &Running) -> (TcpStream, String) {
     within("the upgrade answer", async {
         let mut stream = TcpStream::connect(public(wharf)).await.expect("connect");
         let head = "GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\n\
-                    Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+                    Upgrade: x-raw\r\n\r\n";
         stream
             .write_all(head.as_bytes())
             .await

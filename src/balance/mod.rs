@@ -9,11 +9,13 @@ mod least_conn;
 mod maglev;
 mod random_two;
 mod round_robin;
+mod slow_start;
 
 pub use least_conn::LeastConn;
 pub use maglev::{Maglev, stable_hash};
 pub use random_two::RandomTwo;
 pub use round_robin::SmoothRoundRobin;
+pub use slow_start::SlowStart;
 
 use crate::config::BalanceConfig;
 

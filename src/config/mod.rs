@@ -9,6 +9,7 @@ mod duration;
 mod error;
 mod parse;
 mod reader;
+mod size;
 mod warnings;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use std::time::Duration;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use parse::parse_str;
+pub use size::parse_size;
 pub use warnings::warnings;
 
 /// Reads and validates the config file at `path`.
@@ -205,6 +207,29 @@ pub struct RouteConfig {
     /// server go, still encrypted, to `pool` (a TCP pool). Such a route has
     /// no `host` or `path_prefix` and is never used for HTTP requests.
     pub sni: Option<HostMatch>,
+    /// What wharf does inside the websockets of this route.
+    pub websocket: WebSocketRoute,
+}
+
+/// A route's `ws_ping`, `ws_pong_timeout` and `ws_max_message`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocketRoute {
+    /// A client silent this long gets a ping from wharf; its pong is not passed on.
+    pub ping: Option<Duration>,
+    /// A ping unanswered this long closes the websocket (the server gets 1001).
+    pub pong_timeout: Duration,
+    /// A client message larger than this (summed over fragments) is closed with 1009.
+    pub max_message: Option<u64>,
+}
+
+impl Default for WebSocketRoute {
+    fn default() -> Self {
+        WebSocketRoute {
+            ping: None,
+            pong_timeout: Duration::from_secs(10),
+            max_message: None,
+        }
+    }
 }
 
 /// How a route matches the request's host (compared without port, case-insensitively).
@@ -243,6 +268,11 @@ pub struct PoolConfig {
     pub queue_size: usize,
     /// A drained server's tunnels are closed by then.
     pub drain_timeout: Duration,
+    /// A drained or removed server's tunnels get their gentle close at moments
+    /// spread evenly over this window (zero: all at once).
+    pub drain_window: Duration,
+    /// A server that becomes usable ramps its share of new connections up over this time.
+    pub slow_start: Option<Duration>,
     /// Further servers tried when a request could not be delivered.
     pub retries: usize,
     /// Passive health: when failing requests eject a server.
@@ -256,6 +286,7 @@ pub const DEFAULT_MIN_UPLOAD_RATE: u64 = 128;
 
 pub const DEFAULT_QUEUE_SIZE: usize = 1000;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETRIES: usize = 2;
 
 /// `health = { ... }`: an active check, repeated every `interval`.

@@ -15,14 +15,16 @@ use toml::de::{DeArray, DeTable, DeValue};
 use super::reader::{
     Collector, DurationStr, Field, Read, Table, closest, is_bare_key_char, type_name,
 };
+use super::size::Size;
 use super::{
     AccessLogConfig, AccessLogFormat, AccessLogTarget, AdminConfig, BalanceConfig,
-    CertificatePaths, Config, ConfigErrors, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_CONNECTIONS,
-    DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE, DEFAULT_LISTENER_MAX_CONNECTIONS,
-    DEFAULT_MIN_UPLOAD_RATE, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES, EjectionPolicy, HashKey,
-    HealthCheck, HealthConfig, HostMatch, LearnSource, Limits, ListenerConfig, ListenerTimeouts,
-    ListenerTls, Plaintext, PoolConfig, PoolMode, PoolTimeouts, ProxyVersion, RouteConfig,
-    SameSite, ServerConfig, StickyConfig, StickyCookie, StickyLearn, parse_duration,
+    CertificatePaths, Config, ConfigErrors, DEFAULT_DRAIN_TIMEOUT, DEFAULT_DRAIN_WINDOW,
+    DEFAULT_IDLE_CONNECTIONS, DEFAULT_LEARN_EXPIRY, DEFAULT_LEARN_TABLE_SIZE,
+    DEFAULT_LISTENER_MAX_CONNECTIONS, DEFAULT_MIN_UPLOAD_RATE, DEFAULT_QUEUE_SIZE, DEFAULT_RETRIES,
+    EjectionPolicy, HashKey, HealthCheck, HealthConfig, HostMatch, LearnSource, Limits,
+    ListenerConfig, ListenerTimeouts, ListenerTls, Plaintext, PoolConfig, PoolMode, PoolTimeouts,
+    ProxyVersion, RouteConfig, SameSite, ServerConfig, StickyConfig, StickyCookie, StickyLearn,
+    WebSocketRoute, parse_duration,
 };
 
 /// Contract keys and values (DESIGN.md) that this version recognises but does
@@ -531,6 +533,7 @@ fn read_route(mut t: Table<'_>, pools: Option<&KnownPools<'_>>) -> Read<RouteCon
     };
     let pool = read_route_pool(&mut t, pools, wanted);
     let upgrades = read_upgrades(&mut t);
+    let websocket = read_websocket_route(&mut t);
     t.finish();
     Ok(RouteConfig {
         host,
@@ -538,6 +541,26 @@ fn read_route(mut t: Table<'_>, pools: Option<&KnownPools<'_>>) -> Read<RouteCon
         pool: pool?,
         upgrades: upgrades?,
         sni,
+        websocket: websocket?,
+    })
+}
+
+/// `ws_ping`, `ws_pong_timeout`, `ws_max_message`.
+fn read_websocket_route(t: &mut Table<'_>) -> Read<WebSocketRoute> {
+    let defaults = WebSocketRoute::default();
+    let ping = t.optional("ws_ping", None, |DurationStr(s)| {
+        nonzero_duration("ws_ping", s).map(Some)
+    });
+    let pong_timeout = duration(t, "ws_pong_timeout", defaults.pong_timeout);
+    let max_message = t.optional("ws_max_message", None, |Size(size)| match size {
+        Ok(0) => Err("`ws_max_message` must be at least 1 byte".to_owned()),
+        Ok(n) => Ok(Some(n)),
+        Err(e) => Err(format!("`ws_max_message` is not a valid size: {e}")),
+    });
+    Ok(WebSocketRoute {
+        ping: ping?,
+        pong_timeout: pong_timeout?,
+        max_message: max_message?,
     })
 }
 
@@ -695,6 +718,12 @@ fn read_pool(name: Field<&str>, mut t: Table<'_>) -> Read<PoolConfig> {
         non_negative("queue_size", n)
     });
     let drain_timeout = duration(&mut t, "drain_timeout", DEFAULT_DRAIN_TIMEOUT);
+    let drain_window = t.optional("drain_window", DEFAULT_DRAIN_WINDOW, |DurationStr(s)| {
+        window("drain_window", s)
+    });
+    let slow_start = t.optional("slow_start", None, |DurationStr(s)| {
+        window("slow_start", s).map(|d| (!d.is_zero()).then_some(d))
+    });
     let retries = t.optional("retries", DEFAULT_RETRIES, |n: i64| {
         non_negative("retries", n).and_then(|n| match n {
             0..=10 => Ok(n),
@@ -721,6 +750,8 @@ fn read_pool(name: Field<&str>, mut t: Table<'_>) -> Read<PoolConfig> {
         max_connections: max_connections?,
         queue_size: queue_size?,
         drain_timeout: drain_timeout?,
+        drain_window: drain_window?,
+        slow_start: slow_start?,
         min_upload_rate: min_upload_rate?,
         retries: retries?,
         ejection: ejection?,
@@ -1100,12 +1131,18 @@ fn duration(t: &mut Table<'_>, key: &'static str, default: Duration) -> Read<Dur
 }
 
 fn nonzero_duration(key: &str, s: &str) -> Result<Duration, String> {
-    let duration =
-        parse_duration(s).map_err(|e| format!("`{key}` is not a valid duration: {e}"))?;
+    let duration = window(key, s)?;
     if duration.is_zero() {
         return Err(format!("`{key}` must be longer than zero"));
     }
-    // Far beyond any useful timeout, and safe to add to any instant.
+    Ok(duration)
+}
+
+/// A duration where zero is allowed (a spread over time: zero is "at once");
+/// capped far beyond any useful value, so it is safe to add to any instant.
+fn window(key: &str, s: &str) -> Result<Duration, String> {
+    let duration =
+        parse_duration(s).map_err(|e| format!("`{key}` is not a valid duration: {e}"))?;
     if duration > MAX_DURATION {
         return Err(format!("`{key}` must be at most 365d"));
     }

@@ -210,9 +210,11 @@ async fn forward(
             response,
             client_upgrade,
             guard,
-            upgrade::TunnelTimeouts {
-                idle: pool.config.timeouts.tunnel_idle,
-                handover: pool.config.timeouts.response,
+            upgrade::TunnelRoute {
+                idle_timeout: pool.config.timeouts.tunnel_idle,
+                handover_timeout: pool.config.timeouts.response,
+                websocket: route.websocket,
+                stats: shared.registry.websocket_routes.of(&listener.name, route),
             },
             client.clone(),
             &shared.tasks,

@@ -184,8 +184,12 @@ impl TunnelRecord {
                 TunnelEnd::IdleTimeout => "idle",
                 TunnelEnd::Drained => "drain",
                 TunnelEnd::Error(_) => "error",
+                TunnelEnd::Cut | TunnelEnd::ClosedByWharf { .. } => "wharf",
             },
-            code: None,
+            code: match report.end {
+                TunnelEnd::ClosedByWharf { reason, .. } => Some(reason.code()),
+                _ => None,
+            },
         };
         if let Some(route) = &self.route {
             route.closed(close.code);

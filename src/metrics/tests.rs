@@ -52,6 +52,7 @@ fn text_follows_prometheus_conventions() {
         pool: "web".into(),
         upgrades: vec![],
         sni: None,
+        websocket: Default::default(),
     };
     let route = metrics.route("public", &route_name(&config));
     let ws = route.websocket_opened();

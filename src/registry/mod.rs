@@ -34,6 +34,8 @@ pub struct Registry {
     pools: Mutex<HashMap<String, Arc<PoolLive>>>,
     servers: Mutex<HashMap<ServerId, Arc<Server>>>,
     pub listeners: Listeners,
+    /// Websocket counters per route (per server: in each [`Server`]).
+    pub websocket_routes: crate::tunnel::RouteStats,
     /// Every counter, by identity: a server's, a listener's and a route's
     /// handles taken again after a reload are the same counters.
     pub metrics: Metrics,
@@ -57,6 +59,8 @@ impl Registry {
     pub fn reconcile(&self, config: &Config) -> Reconciled {
         let mut servers = lock(&self.servers);
         let mut pools = lock(&self.pools);
+        // At start every server is new; only those a reload adds ramp up.
+        let reload = !servers.is_empty();
         let mut wanted = HashSet::new();
         let mut added = Vec::new();
         let mut built = HashMap::new();
@@ -86,6 +90,9 @@ impl Registry {
                                 live.released.clone(),
                                 self.metrics.server(&pool_config.name, s.address),
                             ));
+                            if reload {
+                                server.slow_start.begin(std::time::Instant::now());
+                            }
                             servers.insert(id, server.clone());
                             added.push(server.clone());
                             server

@@ -245,6 +245,22 @@ impl Pool {
         }
     }
 
+    /// With `slow_start`, whether each server may take this pick (see
+    /// [`crate::balance::SlowStart`]); empty (every server may) without it.
+    fn slow_start_draws(&self) -> Vec<bool> {
+        let Some(window) = self.config.slow_start else {
+            return Vec::new();
+        };
+        let now = std::time::Instant::now();
+        self.servers
+            .iter()
+            .map(|s| {
+                s.slow_start
+                    .admits(now, Some(window), rand::random::<f64>())
+            })
+            .collect()
+    }
+
     /// One pass: the pinned server if it can be used, else the key's server on
     /// the hash table, else the balancer's choice.
     fn choose(&self, exclude: &[SocketAddr], affinity: &Affinity) -> Choice {
@@ -258,8 +274,12 @@ impl Pool {
         {
             return Choice::Chosen(guard);
         }
+        // Slow start: a server ramping up is passed over by some picks (one
+        // draw per server per pass); pinned clients above are not.
+        let mut admitted = self.slow_start_draws();
+        let admits = |admitted: &[bool], i: usize| admitted.get(i).copied().unwrap_or(true);
         if let (Some(maglev), Some(hash)) = (&self.maglev, affinity.hash)
-            && let Some(index) = maglev.pick(hash, &usable)
+            && let Some(index) = maglev.pick(hash, &|i| usable(i) && admits(&admitted, i))
             && let Some(guard) = self.servers[index].try_acquire()
         {
             return Choice::Chosen(guard);
@@ -272,13 +292,19 @@ impl Pool {
                 ServerView {
                     weight: server.weight(),
                     load: server.active(),
-                    usable: usable(i),
+                    usable: usable(i) && admits(&admitted, i),
                 }
             };
             if let Some(index) = self.balancer.pick(self.servers.len(), &view) {
                 if let Some(guard) = self.servers.get(index).and_then(|s| s.try_acquire()) {
                     return Choice::Chosen(guard);
                 }
+                continue;
+            }
+            // Every usable server was passed over by slow start: better one of
+            // them than none.
+            if admitted.iter().any(|a| !a) {
+                admitted.clear();
                 continue;
             }
             for server in &self.servers {

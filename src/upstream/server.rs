@@ -12,8 +12,10 @@ use tokio::sync::{Notify, watch};
 
 use super::idle::IdlePool;
 use super::state::{AdminState, Change, Outcome, ServerState};
+use crate::balance::SlowStart;
 use crate::config::PoolConfig;
 use crate::metrics::ServerMetrics;
+use crate::tunnel::{CLOSE_HANDSHAKE_TIMEOUT, OpenTunnels};
 
 /// Cause recorded when a reload takes a server out of its pool.
 const REMOVED_BY_RELOAD: &str = "removed from the config by a reload";
@@ -49,6 +51,10 @@ pub struct Server {
     drained_by_removal: AtomicBool,
     /// Whether an active health-check task runs for it.
     checking: AtomicBool,
+    /// Its open tunnels (closed gently when it is drained) and websocket counters.
+    pub tunnels: Arc<OpenTunnels>,
+    /// Ramps its share of new connections up after it becomes usable.
+    pub slow_start: SlowStart,
     /// Its counters, kept with its identity across reloads.
     pub metrics: ServerMetrics,
 }
@@ -78,6 +84,8 @@ impl Server {
             removed: AtomicBool::new(false),
             drained_by_removal: AtomicBool::new(false),
             checking: AtomicBool::new(false),
+            tunnels: OpenTunnels::new(),
+            slow_start: SlowStart::default(),
             metrics,
         };
         server.configure(config, weight);
@@ -206,9 +214,12 @@ impl Server {
         match admin {
             AdminState::Ready => {
                 self.drain_deadline.send_replace(None);
+                self.tunnels.stop_closing();
             }
             AdminState::Drain | AdminState::Maintenance => {
                 self.idle.clear();
+                // Gentle closes spread over the window, well before the hard deadline.
+                self.tunnels.close_spread(self.settings.load().drain_window);
                 let deadline = Instant::now() + self.settings.load().drain_timeout;
                 // An earlier drain's deadline stands: maintenance after drain does not extend it.
                 self.drain_deadline
@@ -245,8 +256,14 @@ impl Server {
         self.removed.load(Ordering::Relaxed)
     }
 
-    /// Ends this server's tunnels by `deadline` at the latest (shutdown).
+    /// Ends this server's tunnels by `deadline` at the latest (shutdown):
+    /// gentle closes spread over the pool's `drain_window`, shortened so that
+    /// the last close handshake can finish in time.
     pub fn end_tunnels_by(&self, deadline: Instant) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let window = left.saturating_sub(CLOSE_HANDSHAKE_TIMEOUT);
+        self.tunnels
+            .close_spread(window.min(self.settings.load().drain_window));
         self.drain_deadline.send_if_modified(|d| {
             let earlier = d.is_none_or(|d| deadline < d);
             if earlier {
@@ -295,6 +312,7 @@ impl Server {
         let serving = state.admin == AdminState::Ready && state.health.is_serving();
         let was_serving = self.serving.swap(serving, Ordering::Relaxed);
         if serving && !was_serving {
+            self.slow_start.begin(Instant::now());
             // Requests queued while it was out may go to it now.
             self.released.notify_waiters();
         }
