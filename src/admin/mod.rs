@@ -225,10 +225,13 @@ fn answer(
             response
         }
         "/status" | "/status/" => with_type(STATUS_PAGE.into(), "text/html; charset=utf-8"),
-        "/metrics" => with_type(
-            shared.registry.metrics.encode().into(),
-            metrics::CONTENT_TYPE,
-        ),
+        "/metrics" => {
+            export_websocket_totals(shared);
+            with_type(
+                shared.registry.metrics.encode().into(),
+                metrics::CONTENT_TYPE,
+            )
+        }
         "/api/status" => api::json(StatusCode::OK, &status::status(snapshot, shared)),
         _ => return api::respond(method, path, peer, snapshot),
     };
@@ -317,5 +320,30 @@ async fn read_small_body(body: Incoming) -> Result<(), Response<Full<Bytes>>> {
             StatusCode::REQUEST_TIMEOUT,
             "the request body did not arrive in time",
         )),
+    }
+}
+
+/// Brings the per-route websocket message and byte counters of `/metrics`
+/// up to what the tunnels counted.
+fn export_websocket_totals(shared: &Shared) {
+    use crate::tunnel::Direction;
+    for (id, stats) in shared.registry.websocket_routes.all() {
+        // The route's name as the metrics label it: host (or `*`) and path prefix.
+        let host = if id.host.is_empty() { "*" } else { &id.host };
+        let path = if id.path_prefix.is_empty() {
+            "/"
+        } else {
+            &id.path_prefix
+        };
+        let totals = metrics::WebSocketTotals {
+            messages_to_server: stats.messages(Direction::ClientToServer),
+            messages_to_client: stats.messages(Direction::ServerToClient),
+            bytes_to_server: stats.bytes(Direction::ClientToServer),
+            bytes_to_client: stats.bytes(Direction::ServerToClient),
+        };
+        shared
+            .registry
+            .metrics
+            .websocket_totals(&id.listener, &format!("{host}{path}"), totals);
     }
 }

@@ -201,6 +201,18 @@ pub struct Metrics {
     families: Families,
     started: SystemTime,
     live: Arc<OnceLock<Weak<dyn LiveSource>>>,
+    /// What each route's websocket totals were at the last scrape, so that
+    /// the counters advance by the difference (see [`Metrics::websocket_totals`]).
+    websocket_exported: std::sync::Mutex<HashMap<(String, String), WebSocketTotals>>,
+}
+
+/// A route's websocket messages and bytes each way, as the tunnel counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebSocketTotals {
+    pub messages_to_server: u64,
+    pub messages_to_client: u64,
+    pub bytes_to_server: u64,
+    pub bytes_to_client: u64,
 }
 
 impl Default for Metrics {
@@ -216,6 +228,42 @@ impl fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// Brings the route's websocket message and byte counters up to the
+    /// tunnel's own totals (read at scrape time: the tunnel counts each
+    /// message once, in its own counters, and nothing more on its path).
+    pub fn websocket_totals(&self, listener: &str, route: &str, now: WebSocketTotals) {
+        let key = (listener.to_owned(), route.to_owned());
+        let mut exported = self
+            .websocket_exported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let before = exported.insert(key, now).unwrap_or_default();
+        let handles = self.route(listener, route);
+        let advance = |counter: &Counter, now: u64, before: u64| {
+            counter.inc_by(now.saturating_sub(before));
+        };
+        advance(
+            &handles.messages.to_server,
+            now.messages_to_server,
+            before.messages_to_server,
+        );
+        advance(
+            &handles.messages.to_client,
+            now.messages_to_client,
+            before.messages_to_client,
+        );
+        advance(
+            &handles.payload_bytes.to_server,
+            now.bytes_to_server,
+            before.bytes_to_server,
+        );
+        advance(
+            &handles.payload_bytes.to_client,
+            now.bytes_to_client,
+            before.bytes_to_client,
+        );
+    }
+
     /// Where the gauges of live state are read at each scrape (a `Weak`, so
     /// that metrics never keep wharf alive). Set once; later calls are ignored.
     pub fn set_live(&self, live: Weak<dyn LiveSource>) {
@@ -366,6 +414,7 @@ impl Metrics {
             families,
             started,
             live,
+            websocket_exported: Default::default(),
         }
     }
 

@@ -38,7 +38,7 @@ pub use frame::{Extensions, Sender, Violation};
 pub use open::{OpenTunnels, Registration};
 pub use pipe::CLOSE_HANDSHAKE_TIMEOUT;
 pub use routes::{RouteId, RouteStats};
-pub use stats::WsStats;
+pub use stats::{Direction, WsStats};
 
 /// How a tunnel behaves.
 #[derive(Debug, Clone)]
