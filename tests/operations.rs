@@ -235,6 +235,15 @@ async fn prometheus_scrapes_counters_that_match_the_traffic() {
             3.0,
         ),
         (r#"wharf_route_websockets_open{route="*/ws-echo"}"#, 0.0),
+        // Each websocket sent "hello" and had it echoed (the tunnel's own counts).
+        (
+            r#"wharf_route_websocket_messages_total{route="*/ws-echo",direction="to_server"}"#,
+            3.0,
+        ),
+        (
+            r#"wharf_route_websocket_messages_total{route="*/ws-echo",direction="to_client"}"#,
+            3.0,
+        ),
         (
             r#"wharf_server_responses_total{pool="realtime",class="1xx"}"#,
             3.0,
