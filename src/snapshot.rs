@@ -50,12 +50,15 @@ impl Snapshot {
         self.config.listeners.iter().find(|l| l.name == name)
     }
 
-    /// The listener a connection to `local` belongs to now, when the one it
-    /// was accepted by was renamed by a reload (same socket, new name).
-    pub fn listener_bound_to(&self, local: std::net::SocketAddr) -> Option<&ListenerConfig> {
-        self.config.listeners.iter().find(|l| {
-            l.bind.port() == local.port()
-                && (l.bind.ip() == local.ip() || l.bind.ip().is_unspecified())
+    /// The listener a connection accepted by the listener called `name` on
+    /// `local` belongs to now: by name, or, when a reload renamed that
+    /// listener (same socket, new name), by address. `None` once removed.
+    pub fn listener_of(&self, name: &str, local: std::net::SocketAddr) -> Option<&ListenerConfig> {
+        self.listener(name).or_else(|| {
+            self.config.listeners.iter().find(|l| {
+                l.bind.port() == local.port()
+                    && (l.bind.ip() == local.ip() || l.bind.ip().is_unspecified())
+            })
         })
     }
 

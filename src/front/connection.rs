@@ -33,8 +33,13 @@ pub async fn handle(
     metrics: Arc<ListenerMetrics>,
 ) {
     let snapshot = shared.snapshot();
-    let Some(config) = snapshot.listener(&listener) else {
+    // A reload may have renamed the listener since it accepted.
+    let Some(config) = snapshot.listener_of(&listener, accepted.local) else {
         return;
+    };
+    let listener: Arc<str> = match *listener == *config.name {
+        true => listener,
+        false => Arc::from(config.name.as_str()),
     };
     let Accepted {
         mut stream,

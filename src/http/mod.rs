@@ -66,7 +66,7 @@ where
 {
     let Some((timeouts, limits)) = shared
         .snapshot()
-        .listener(&client.listener)
+        .listener_of(&client.listener, client.local)
         .map(|l| (l.timeouts, l.limits))
     else {
         return;

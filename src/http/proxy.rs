@@ -115,8 +115,7 @@ async fn forward(
     exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, Failure> {
     let listener = snapshot
-        .listener(&client.listener)
-        .or_else(|| snapshot.listener_bound_to(client.local))
+        .listener_of(&client.listener, client.local)
         .ok_or(ProxyError::ListenerRemoved)?;
     let framing = request.extensions().get::<FramingFault>().copied();
     let normalized = strict::check_request(
