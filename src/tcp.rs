@@ -69,7 +69,6 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
             }
         };
         pool.record_outcome(&server, Outcome::Success, "connected");
-        let drained = server.drained();
         let settings = tunnel::Settings {
             idle_timeout: pool.config.timeouts.tunnel_idle,
             websocket: None,
@@ -86,7 +85,6 @@ pub async fn forward(client: TcpStream, from: TcpClient, pool: Arc<Pool>, listen
             (stream, Bytes::new()),
             settings,
             control,
-            drained,
         )
         .await;
         drop(open);

@@ -113,7 +113,7 @@ impl Exchange {
             log: shared
                 .access_log
                 .as_ref()
-                .map(|log| (log.clone(), self.entry(client, 101), self.started)),
+                .map(|log| Box::new((log.clone(), self.entry(client, 101), self.started))),
         }
     }
 
@@ -160,7 +160,9 @@ pub fn sticky_decision(
 pub struct TunnelRecord {
     websocket: Option<OpenGuard>,
     route: Option<Arc<RouteMetrics>>,
-    log: Option<(AccessLog, Entry, Instant)>,
+    /// Boxed: an idle websocket's task holds this for hours, and the
+    /// entry is large.
+    log: Option<Box<(AccessLog, Entry, Instant)>>,
 }
 
 impl TunnelRecord {
@@ -195,7 +197,8 @@ impl TunnelRecord {
             route.closed(close.code);
         }
         drop(self.websocket);
-        if let Some((log, mut entry, started)) = self.log {
+        if let Some(pending) = self.log {
+            let (log, mut entry, started) = *pending;
             entry.bytes_in += report.client_to_server;
             entry.bytes_out = report.server_to_client;
             entry.duration = started.elapsed();

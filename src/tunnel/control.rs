@@ -11,6 +11,7 @@ use futures_util::task::AtomicWaker;
 const CLOSE: u8 = 1;
 const PING: u8 = 2;
 const CUT: u8 = 4;
+const DRAINED: u8 = 8;
 
 /// The outside handle of one tunnel. Cheap to clone behind its `Arc`.
 #[derive(Debug, Default)]
@@ -25,6 +26,8 @@ pub struct Commands {
     pub close: bool,
     pub ping: bool,
     pub cut: bool,
+    /// Cut because its server's drain timeout passed.
+    pub drained: bool,
 }
 
 impl TunnelControl {
@@ -51,6 +54,11 @@ impl TunnelControl {
         self.send(CUT);
     }
 
+    /// Ends the tunnel at once: its server's drain timeout passed.
+    pub fn cut_drained(&self) {
+        self.send(DRAINED);
+    }
+
     fn send(&self, command: u8) {
         self.commands.fetch_or(command, Ordering::AcqRel);
         self.waker.wake();
@@ -65,6 +73,7 @@ impl TunnelControl {
             close: bits & CLOSE != 0,
             ping: bits & PING != 0,
             cut: bits & CUT != 0,
+            drained: bits & DRAINED != 0,
         }
     }
 }

@@ -116,8 +116,8 @@ pub struct TunnelReport {
 /// [`TunnelEnd`]). `client_early` and `server_early` are bytes already read
 /// from each side (what followed the HTTP head in the same packet) that go to
 /// the other side first; they are dropped once sent, since they may share an
-/// allocation with hyper's whole read buffer. When `drained` resolves (the
-/// server's drain deadline), the tunnel is cut.
+/// allocation with hyper's whole read buffer. Drains, shutdown and the
+/// server's drain deadline reach the tunnel through `control`.
 ///
 /// Not an `async fn`: the tunnel itself is the future, so that a task holding
 /// an idle tunnel is no bigger than the tunnel's own state.
@@ -126,11 +126,10 @@ pub fn run<C, S>(
     server: (S, Bytes),
     settings: Settings,
     control: Arc<TunnelControl>,
-    drained: impl Future<Output = ()>,
 ) -> impl Future<Output = TunnelReport>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    pipe::Tunnel::new(client, server, settings, control, drained)
+    pipe::Tunnel::new(client, server, settings, control)
 }

@@ -28,6 +28,10 @@ struct Inner {
     closing: bool,
     /// Bumped by every new spread and by a cancel: an older spread stops.
     generation: u64,
+    /// The drain deadline passed: a tunnel that opens now is cut at once.
+    drained: bool,
+    /// Bumped when the server is back in service: a pending cut stops.
+    cut_generation: u64,
 }
 
 /// Keeps a tunnel registered while it lives.
@@ -64,7 +68,9 @@ impl OpenTunnels {
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id += 1;
-        if inner.closing {
+        if inner.drained {
+            control.cut_drained();
+        } else if inner.closing {
             control.close_gently();
         }
         inner.open.insert(id, control);
@@ -111,16 +117,95 @@ impl OpenTunnels {
         });
     }
 
-    /// The server is back in service: a spread under way stops, and new
-    /// tunnels stay open.
+    /// Cuts every tunnel still open at `deadline` (the server's drain
+    /// timeout), and any that opens after it. Held by one timer task per
+    /// deadline rather than by each tunnel: an idle tunnel stays small.
+    pub fn cut_at(self: &Arc<Self>, deadline: Instant) {
+        let generation = self.lock().cut_generation;
+        let this = self.clone();
+        let cut = async move {
+            tokio::time::sleep_until(deadline).await;
+            let controls: Vec<_> = {
+                let mut inner = this.lock();
+                if inner.cut_generation != generation {
+                    return;
+                }
+                inner.drained = true;
+                inner.open.values().cloned().collect()
+            };
+            controls.iter().for_each(|c| c.cut_drained());
+        };
+        // No runtime (a test of the registry alone): nothing runs tunnels either.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(cut);
+        }
+    }
+
+    /// The server is back in service: a spread or cut under way stops, and
+    /// new tunnels stay open.
     pub fn stop_closing(&self) {
         let mut inner = self.lock();
         inner.closing = false;
+        inner.drained = false;
         inner.generation += 1;
+        inner.cut_generation += 1;
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Plain data, consistent after any panic.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::task::Poll;
+
+    use super::*;
+
+    /// Resolves once `control` was told its drain deadline passed.
+    async fn cut_drained(control: &TunnelControl) {
+        poll_fn(|cx| match control.take(cx.waker()).drained {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn the_drain_deadline_cuts_open_tunnels_and_later_ones_at_once() {
+        let tunnels = OpenTunnels::new();
+        let open = TunnelControl::new();
+        let _open = tunnels.register(open.clone());
+        tunnels.cut_at(Instant::now() + Duration::from_millis(20));
+        tokio::time::timeout(Duration::from_secs(5), cut_drained(&open))
+            .await
+            .expect("cut at the deadline");
+        let late = TunnelControl::new();
+        let _late = tunnels.register(late.clone());
+        assert!(late.take(futures_util::task::noop_waker_ref()).drained);
+    }
+
+    #[tokio::test]
+    async fn back_in_service_before_the_deadline_cuts_nothing() {
+        let tunnels = OpenTunnels::new();
+        let open = TunnelControl::new();
+        let _open = tunnels.register(open.clone());
+        let deadline = Instant::now() + Duration::from_millis(20);
+        tunnels.cut_at(deadline);
+        tunnels.stop_closing();
+        // A cut scheduled after the cancelled one shows when it would have fired.
+        let probe = TunnelControl::new();
+        let probe_tunnels = OpenTunnels::new();
+        let _probe = probe_tunnels.register(probe.clone());
+        probe_tunnels.cut_at(deadline + Duration::from_millis(20));
+        tokio::time::timeout(Duration::from_secs(5), cut_drained(&probe))
+            .await
+            .expect("the probe's cut");
+        assert!(!open.take(futures_util::task::noop_waker_ref()).drained);
+        let late = TunnelControl::new();
+        let _late = tunnels.register(late.clone());
+        assert!(!late.take(futures_util::task::noop_waker_ref()).drained);
     }
 }

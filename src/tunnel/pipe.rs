@@ -49,7 +49,7 @@ struct Closing {
 }
 
 pin_project! {
-    pub struct Tunnel<C, S, F> {
+    pub struct Tunnel<C, S> {
         client: C,
         server: S,
         up: Flow,
@@ -62,8 +62,6 @@ pin_project! {
         control: Arc<TunnelControl>,
         #[pin]
         timer: Sleep,
-        #[pin]
-        drained: F,
     }
 }
 
@@ -73,18 +71,16 @@ enum Timer {
     End(TunnelEnd),
 }
 
-impl<C, S, F> Tunnel<C, S, F>
+impl<C, S> Tunnel<C, S>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
-    F: Future<Output = ()>,
 {
     pub fn new(
         (client, client_early): (C, bytes::Bytes),
         (server, server_early): (S, bytes::Bytes),
         settings: Settings,
         control: Arc<TunnelControl>,
-        drained: F,
     ) -> Self {
         let now = Instant::now();
         let extensions = settings.websocket.as_ref().map(|ws| ws.extensions);
@@ -106,16 +102,14 @@ where
             first_eof: None,
             control,
             timer: tokio::time::sleep_until(now + settings.idle_timeout),
-            drained,
         }
     }
 }
 
-impl<C, S, F> Future for Tunnel<C, S, F>
+impl<C, S> Future for Tunnel<C, S>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
-    F: Future<Output = ()>,
 {
     type Output = TunnelReport;
 
@@ -132,10 +126,10 @@ where
             closing: this.closing,
             first_eof: this.first_eof,
         };
-        if this.drained.poll(cx).is_ready() {
+        let commands = this.control.take(cx.waker());
+        if commands.drained {
             return Poll::Ready(state.finish(TunnelEnd::Drained));
         }
-        let commands = this.control.take(cx.waker());
         if commands.cut {
             return Poll::Ready(state.finish(TunnelEnd::Cut));
         }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use super::idle::IdlePool;
 use super::state::{AdminState, Change, Outcome, ServerState};
@@ -39,8 +39,9 @@ pub struct Server {
     serving: AtomicBool,
     /// Whether an ejection may be in force; lets the request path skip the lock.
     maybe_ejected: AtomicBool,
-    /// When set, tunnels to this server must end by this instant (drain).
-    drain_deadline: watch::Sender<Option<Instant>>,
+    /// When set, tunnels to this server must end by this instant (drain);
+    /// `tunnels` cuts those still open then.
+    drain_deadline: Mutex<Option<Instant>>,
     /// Wakes a request queued in the pool when this server frees a slot.
     released: Arc<Notify>,
     /// The pool's settings as of the last reload.
@@ -78,7 +79,7 @@ impl Server {
             state: Mutex::new(ServerState::default()),
             serving: AtomicBool::new(true),
             maybe_ejected: AtomicBool::new(false),
-            drain_deadline: watch::Sender::new(None),
+            drain_deadline: Mutex::new(None),
             released,
             settings: ArcSwap::new(config.clone()),
             removed: AtomicBool::new(false),
@@ -213,7 +214,7 @@ impl Server {
         let change = change?;
         match admin {
             AdminState::Ready => {
-                self.drain_deadline.send_replace(None);
+                *self.lock_drain_deadline() = None;
                 self.tunnels.stop_closing();
             }
             AdminState::Drain | AdminState::Maintenance => {
@@ -222,8 +223,11 @@ impl Server {
                 self.tunnels.close_spread(self.settings.load().drain_window);
                 let deadline = Instant::now() + self.settings.load().drain_timeout;
                 // An earlier drain's deadline stands: maintenance after drain does not extend it.
-                self.drain_deadline
-                    .send_if_modified(|d| d.is_none().then(|| *d = Some(deadline)).is_some());
+                let mut current = self.lock_drain_deadline();
+                if current.is_none() {
+                    *current = Some(deadline);
+                    self.tunnels.cut_at(deadline.into());
+                }
             }
         }
         self.log_change(&change);
@@ -264,13 +268,11 @@ impl Server {
         let window = left.saturating_sub(CLOSE_HANDSHAKE_TIMEOUT);
         self.tunnels
             .close_spread(window.min(self.settings.load().drain_window));
-        self.drain_deadline.send_if_modified(|d| {
-            let earlier = d.is_none_or(|d| deadline < d);
-            if earlier {
-                *d = Some(deadline);
-            }
-            earlier
-        });
+        let mut current = self.lock_drain_deadline();
+        if current.is_none_or(|d| deadline < d) {
+            *current = Some(deadline);
+            self.tunnels.cut_at(deadline.into());
+        }
     }
 
     /// Marks that a health-check task runs for this server; false if one
@@ -284,28 +286,11 @@ impl Server {
         self.checking.store(false, Ordering::Release);
     }
 
-    /// Resolves when this server's tunnels must end: at the drain deadline,
-    /// once the server is drained. Never resolves while it is ready.
-    pub fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut deadlines = self.drain_deadline.subscribe();
-        async move {
-            loop {
-                let deadline = *deadlines.borrow_and_update();
-                match deadline {
-                    Some(deadline) => {
-                        tokio::select! {
-                            () = tokio::time::sleep_until(deadline.into()) => return,
-                            changed = deadlines.changed() => if changed.is_err() { std::future::pending::<()>().await },
-                        }
-                    }
-                    None => {
-                        if deadlines.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                }
-            }
-        }
+    fn lock_drain_deadline(&self) -> MutexGuard<'_, Option<Instant>> {
+        // Plain data, consistent after any panic.
+        self.drain_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn mirror(&self, state: &ServerState) {
