@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::accept_any::AcceptAny;
+use support::accept_any::{AcceptAny, provider};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -645,7 +645,7 @@ async fn a_header_then_tls_on_the_same_connection() {
     let running = wharf::start(parsed).await.expect("wharf starts");
     let addr = public(&running);
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let client_config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -274,7 +274,7 @@ mod tests {
     use super::*;
 
     fn provider() -> CryptoProvider {
-        rustls::crypto::ring::default_provider()
+        rustls::crypto::aws_lc_rs::default_provider()
     }
 
     struct Dir(PathBuf);

@@ -1,4 +1,4 @@
-//! TLS termination for a listener, with rustls (ring provider).
+//! TLS termination for a listener, with rustls (aws-lc-rs provider).
 //!
 //! A [`TlsTerminator`] holds the certificates of one listener, chosen per
 //! handshake by SNI (see [`resolve`] for the rules; the first certificate is the
@@ -58,7 +58,7 @@ pub enum TlsError {
     /// `load` was given no certificate at all.
     #[error("TLS needs at least one certificate, and none is configured")]
     NoCertificates,
-    /// rustls refused the configuration (not expected with the ring provider).
+    /// rustls refused the configuration (not expected with the aws-lc-rs provider).
     #[error("the TLS configuration is not usable: {0}")]
     Config(String),
     /// `self_signed` failed.
@@ -90,6 +90,30 @@ impl fmt::Debug for TlsTerminator {
     }
 }
 
+/// The crypto of TLS listeners: aws-lc-rs (RSA-2048 signatures twice as fast
+/// as ring's here: 4,478 against 2,275 per second on one core), with the
+/// AES-128-GCM suites preferred over the client's order. Their SHA-256 runs
+/// on the CPU's SHA extensions, while SHA-384 (AES-256-GCM's key schedule
+/// and transcript) has no hardware path on AMD: a tenth of an RSA handshake.
+/// Browsers list AES-128-GCM first anyway; go's crypto/tls prefers it too.
+pub fn crypto_provider() -> CryptoProvider {
+    use rustls::CipherSuite::{
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        TLS13_AES_128_GCM_SHA256,
+    };
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    // Stable: the provider's order stays among the others.
+    provider.cipher_suites.sort_by_key(|suite| {
+        !matches!(
+            suite.suite(),
+            TLS13_AES_128_GCM_SHA256
+                | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
+    provider
+}
+
 impl TlsTerminator {
     /// Reads and checks every certificate and key (ALPN `http/1.1`). The first
     /// certificate is the default for clients without SNI or with an unknown
@@ -104,7 +128,7 @@ impl TlsTerminator {
         files: &[CertificateFiles],
         alpn: &[&[u8]],
     ) -> Result<TlsTerminator, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crypto_provider());
         let set = read_all(files, &provider)?;
         let resolver = Arc::new(SniResolver::new(set));
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
@@ -114,6 +138,7 @@ impl TlsTerminator {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = alpn.clone();
+        config.ignore_client_order = true;
         // Shares the session cache (an Arc) with `config`.
         let mut without_alpn = config.clone();
         without_alpn.alpn_protocols.clear();

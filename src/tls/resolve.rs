@@ -124,7 +124,7 @@ mod tests {
     /// A set whose certificates only carry names; the keys are real but
     /// irrelevant to selection.
     fn set(names: &[&[&str]]) -> CertSet {
-        let provider = rustls::crypto::ring::default_provider();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
         let (cert, key) = crate::tls::self_signed(&["x.test"]).unwrap();
         use rustls_pki_types::pem::PemObject;
         let chain =

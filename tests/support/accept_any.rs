@@ -9,6 +9,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+/// The crypto provider of the tests' TLS clients and servers (wharf's own).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
 #[derive(Debug)]
 pub struct AcceptAny(pub Arc<CryptoProvider>);
 

@@ -1244,7 +1244,7 @@ impl Drop for TempDir {
 /// The DER of the certificate a TLS server at `addr` presents (any
 /// certificate accepted).
 pub async fn presented_certificate(addr: SocketAddr) -> Vec<u8> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("TLS versions")

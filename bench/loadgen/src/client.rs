@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 // The test suite's verifier: any certificate, signatures still checked.
 #[path = "../../../tests/support/accept_any.rs"]
 mod accept_any;
-use accept_any::AcceptAny;
+use accept_any::{AcceptAny, provider};
 
 /// Any byte stream a websocket can run over: plain TCP or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -58,7 +58,7 @@ pub async fn connect(target: SocketAddr, from: Option<Ipv4Addr>) -> std::io::Res
 /// browser would) and never resumes a session: every connection is a full
 /// handshake.
 pub fn tls_connector() -> anyhow::Result<TlsConnector> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
