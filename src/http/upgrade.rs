@@ -5,15 +5,16 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, Response, header};
 use hyper::body::Incoming;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
 use super::body::{self, ResponseBody};
@@ -68,68 +69,69 @@ pub fn start_tunnel(
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::set_upgrade(&mut parts.headers, &protocol);
 
-    // Boxed: the hand-over and the tunnel's setup are large and short-lived;
-    // once they are done, the task holds little besides the tunnel itself
-    // while a websocket idles.
-    let opening = Box::pin(open(
-        client_upgrade,
-        server_upgrade,
-        handover,
-        settings,
-        guard.server().clone(),
-        connection.peer,
-    ));
-    // Tracked, so that shutdown waits for the tunnel to end.
+    // Tracked, so that shutdown waits for the tunnel to end. The hand-over
+    // runs in a task of its own (its state is large and short-lived); the
+    // tunnel then gets a task sized for its own state alone, which an idle
+    // websocket holds for hours.
+    let tracker = tasks.clone();
     tasks.spawn(async move {
-        let Some(Open {
-            tunnel,
-            _registration,
-            _open,
-        }) = opening.await
+        let server = guard.server().clone();
+        let Some((client_side, server_side)) = hand_over(
+            client_upgrade,
+            server_upgrade,
+            handover,
+            &server,
+            connection.peer,
+        )
+        .await
         else {
             record.abandoned();
             return;
         };
-        let report = tunnel.await;
-        record.ended(&report, &guard.server().metrics);
-        drop(_open);
-        drop(_registration);
-        let (client, server) = (connection.peer, guard.server().address);
-        // Holding the client connection kept its listener slot taken.
-        drop(guard);
-        drop(connection);
-        let level_is_error = matches!(report.end, TunnelEnd::Error(_));
-        if level_is_error {
-            tracing::info!(%client, %server, ?report, "tunnel closed by an error");
-        } else {
-            tracing::debug!(%client, %server, ?report, "tunnel closed");
-        }
+        let control = TunnelControl::new();
+        let ending = Ending {
+            // Found from the server's live state while open: drains close it gently.
+            _registration: server.tunnels.register(control.clone()),
+            _open: server.metrics.tunnel_opened(),
+            record,
+            guard,
+            connection,
+        };
+        match client_side {
+            ClientSide::Plain(client) => tracker.spawn(TunnelTask {
+                tunnel: tunnel::run(client, server_side, settings, control),
+                ending: Some(ending),
+            }),
+            ClientSide::Tls(client) => tracker.spawn(TunnelTask {
+                tunnel: tunnel::run(client, server_side, settings, control),
+                ending: Some(ending),
+            }),
+        };
     });
 
     Response::from_parts(parts, body::empty())
 }
 
-/// A plaintext client's tunnel runs inline in its task; a TLS client's
-/// state is large, and must not make every plain websocket's task as big.
-type TunnelFuture<P> = Either<P, Pin<Box<dyn Future<Output = TunnelReport> + Send>>>;
-
-/// A tunnel ready to run, registered on its server.
-struct Open<P> {
-    tunnel: TunnelFuture<P>,
-    _registration: Registration,
-    _open: OpenTunnel,
+/// The client's side of an upgraded connection, with the bytes hyper had
+/// read past the head.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "short-lived: moved into its tunnel's task at once, where boxing would cost an allocation"
+)]
+enum ClientSide {
+    Plain((TcpStream, Bytes)),
+    Tls((TlsStream<TcpStream>, Bytes)),
 }
 
-/// Waits (within `handover`) for hyper to release both connections and
-/// builds their tunnel; `None` when the upgrade was abandoned.
-async fn open(
+/// Waits (within `handover`) for hyper to release both connections; `None`
+/// when the upgrade was abandoned.
+async fn hand_over(
     client_upgrade: OnUpgrade,
     server_upgrade: OnUpgrade,
     handover: Duration,
-    settings: Settings,
-    server: Arc<Server>,
+    server: &Server,
     client: SocketAddr,
-) -> Option<Open<impl Future<Output = TunnelReport> + Send + use<>>> {
+) -> Option<(ClientSide, (TcpStream, Bytes))> {
     let both = tokio::time::timeout(handover, async {
         tokio::try_join!(client_upgrade, server_upgrade)
     });
@@ -149,39 +151,74 @@ async fn open(
         return None;
     };
     let server_side = (server_side.io.into_inner(), server_side.read_buf);
-    let control = TunnelControl::new();
     // The client side is wrapped in the framing tap (see `serve`); the
     // tunnel takes the bare stream from under it.
-    let tunnel = match client_io.downcast::<TokioIo<Tapped<TcpStream>>>() {
-        Ok(plain) => {
-            let client_side = (plain.io.into_inner().into_inner(), plain.read_buf);
-            Either::Left(tunnel::run(
-                client_side,
-                server_side,
-                settings,
-                control.clone(),
-            ))
-        }
-        Err(client_io) => {
-            let Some(client_side) = tls_client(client_io) else {
+    let client_side = match client_io.downcast::<TokioIo<Tapped<TcpStream>>>() {
+        Ok(plain) => ClientSide::Plain((plain.io.into_inner().into_inner(), plain.read_buf)),
+        Err(client_io) => match tls_client(client_io) {
+            Some(tls) => ClientSide::Tls(tls),
+            None => {
                 tracing::error!(%client, server = %server.address, "upgraded client connection of an unknown kind; closing it");
                 return None;
-            };
-            let tls: Pin<Box<dyn Future<Output = TunnelReport> + Send>> = Box::pin(tunnel::run(
-                client_side,
-                server_side,
-                settings,
-                control.clone(),
-            ));
-            Either::Right(tls)
-        }
+            }
+        },
     };
-    Some(Open {
-        tunnel,
-        // Found from the server's live state while open: drains close it gently.
-        _registration: server.tunnels.register(control),
-        _open: server.metrics.tunnel_opened(),
-    })
+    Some((client_side, server_side))
+}
+
+/// What a tunnel holds while it runs and settles when it ends.
+struct Ending {
+    _registration: Registration,
+    _open: OpenTunnel,
+    record: TunnelRecord,
+    guard: ActiveGuard,
+    /// Holding the client connection keeps its listener slot taken.
+    connection: Arc<ClientConnection>,
+}
+
+impl Ending {
+    fn settle(self, report: TunnelReport) {
+        let Ending {
+            _registration,
+            _open,
+            record,
+            guard,
+            connection,
+        } = self;
+        record.ended(&report, &guard.server().metrics);
+        drop((_open, _registration));
+        let (client, server) = (connection.peer, guard.server().address);
+        drop((guard, connection));
+        if matches!(report.end, TunnelEnd::Error(_)) {
+            tracing::info!(%client, %server, ?report, "tunnel closed by an error");
+        } else {
+            tracing::debug!(%client, %server, ?report, "tunnel closed");
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A tunnel's task: the tunnel itself, then its counters and log line.
+    /// A struct rather than an `async` block, which would hold the tunnel's
+    /// state twice (once captured, once awaited).
+    struct TunnelTask<F> {
+        #[pin]
+        tunnel: F,
+        ending: Option<Ending>,
+    }
+}
+
+impl<F: Future<Output = TunnelReport>> Future for TunnelTask<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let report = std::task::ready!(this.tunnel.poll(cx));
+        if let Some(ending) = this.ending.take() {
+            ending.settle(report);
+        }
+        Poll::Ready(())
+    }
 }
 
 fn tls_client(upgraded: Upgraded) -> Option<(TlsStream<TcpStream>, bytes::Bytes)> {
