@@ -106,6 +106,28 @@ pub fn one_pool_config(servers: &[SocketAddr], pool_extra: &str) -> String {
     weighted_pool_config(&weighted, pool_extra)
 }
 
+/// wharf on [`one_pool_config`], and its `public` address.
+pub async fn wharf_for(servers: &[SocketAddr], pool_extra: &str) -> (Running, SocketAddr) {
+    let wharf = start_wharf(&one_pool_config(servers, pool_extra)).await;
+    let addr = public(&wharf);
+    (wharf, addr)
+}
+
+/// A config with listener `public` on 127.0.0.1:0 whose routes send each
+/// `(path_prefix, pool)` of `routes` to its pool (an empty prefix: every
+/// path), in order, then `pools` (`[pool.NAME]` tables).
+pub fn prefix_routes_config(routes: &[(&str, &str)], pools: &str) -> String {
+    let mut text = String::from("[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n");
+    for (prefix, pool) in routes {
+        text.push_str("\n[[listener.route]]\n");
+        if !prefix.is_empty() {
+            text.push_str(&format!("path_prefix = \"{prefix}\"\n"));
+        }
+        text.push_str(&format!("pool = \"{pool}\"\n"));
+    }
+    format!("{text}\n{pools}")
+}
+
 /// As [`one_pool_config`], with a weight per server.
 pub fn weighted_pool_config(servers: &[(SocketAddr, u32)], pool_extra: &str) -> String {
     format!(
