@@ -51,12 +51,6 @@ fn assert_raw_plain_text_error(response: &RawResponse, status: u16) {
     );
 }
 
-async fn wharf_for(servers: &[SocketAddr], pool_extra: &str) -> (Running, SocketAddr) {
-    let wharf = start_wharf(&one_pool_config(servers, pool_extra)).await;
-    let addr = public(&wharf);
-    (wharf, addr)
-}
-
 // ------------------------------------------------------------------ servers failing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -522,12 +522,6 @@ impl ReplacePath for Vec<u8> {
     }
 }
 
-async fn wharf_for(server: SocketAddr, pool_extra: &str) -> (Running, SocketAddr) {
-    let wharf = start_wharf(&one_pool_config(&[server], pool_extra)).await;
-    let addr = public(&wharf);
-    (wharf, addr)
-}
-
 /// Who answered a refusal: hyper's own answers have no body.
 fn refused_by(response: &RawResponse) -> &'static str {
     if response.body.is_empty() {
@@ -540,7 +534,7 @@ fn refused_by(response: &RawResponse) -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_vectors_get_their_expected_outcome() {
     let backend = Backend::normal("b").await;
-    let (_wharf, addr) = wharf_for(backend.addr, "").await;
+    let (_wharf, addr) = wharf_for(&[backend.addr], "").await;
     let vectors = request_vectors();
     assert!(vectors.len() >= 60, "only {} vectors", vectors.len());
     let mut wrong = Vec::new();
@@ -602,27 +596,11 @@ async fn request_vectors_get_their_expected_outcome() {
 async fn routes_match_and_servers_get_the_normalised_path() {
     let public_site = Backend::normal("public").await;
     let admin = Backend::normal("admin").await;
-    let toml = format!(
-        r#"
-[[listener]]
-name = "public"
-bind = "127.0.0.1:0"
-
-[[listener.route]]
-path_prefix = "/admin/"
-pool = "admin"
-
-[[listener.route]]
-pool = "site"
-
-[pool.admin]
-servers = ["{}"]
-
-[pool.site]
-servers = ["{}"]
-"#,
+    let pools = format!(
+        "[pool.admin]\nservers = [\"{}\"]\n\n[pool.site]\nservers = [\"{}\"]\n",
         admin.addr, public_site.addr
     );
+    let toml = prefix_routes_config(&[("/admin/", "admin"), ("", "site")], &pools);
     let wharf = start_wharf(&toml).await;
     let addr = public(&wharf);
     for path in [
@@ -662,7 +640,8 @@ async fn malformed_chunked_bodies_never_leave_a_server_connection_reusable() {
     ];
     for body in bodies {
         let backend = Backend::normal("b").await;
-        let (_wharf, addr) = wharf_for(backend.addr, "timeouts = { server_idle = \"60s\" }").await;
+        let (_wharf, addr) =
+            wharf_for(&[backend.addr], "timeouts = { server_idle = \"60s\" }").await;
         let mut client = RawClient::connect(addr).await;
         let mut request =
             b"POST /verify HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -737,24 +716,18 @@ const BAD_RESPONSES: &[(&str, &[u8])] = &[
     ),
 ];
 
-fn huge_response_head() -> &'static [u8] {
-    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
-    for i in 0..40 {
-        head.extend_from_slice(format!("X-F{i}: {}\r\n", long_value(1000)).as_bytes());
-    }
-    head.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
-    Box::leak(head.into_boxed_slice())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_responses_become_502_and_their_connection_is_dropped() {
     let mut cases: Vec<(&str, &'static [u8])> = BAD_RESPONSES.to_vec();
-    cases.push(("head over 32 KiB", huge_response_head()));
+    cases.push((
+        "head over 32 KiB",
+        oversized_head("HTTP/1.1 200 OK", 40 * 1024, b"Content-Length: 2\r\n\r\nok"),
+    ));
     let mut wrong = Vec::new();
     for (name, bytes) in cases {
         let server = RawServer::start(bytes, false).await;
         let (_wharf, addr) = wharf_for(
-            server.addr,
+            &[server.addr],
             "timeouts = { server_idle = \"60s\" }\nejection = { server_errors = 0 }",
         )
         .await;
@@ -777,7 +750,7 @@ async fn malformed_responses_become_502_and_their_connection_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_well_formed_raw_response_passes_and_its_connection_is_kept() {
     let server = RawServer::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
-    let (_wharf, addr) = wharf_for(server.addr, "timeouts = { server_idle = \"60s\" }").await;
+    let (_wharf, addr) = wharf_for(&[server.addr], "timeouts = { server_idle = \"60s\" }").await;
     let mut client = RawClient::connect(addr).await;
     for _ in 0..3 {
         let response = client

@@ -40,8 +40,11 @@
 //! - `404`: an unknown path, pool or server;
 //! - `400`: an unknown state, a malformed address, broken percent-encoding;
 //! - `405` (with `Allow`): a method the path does not take;
-//! - `413`: a request body over 1 KiB (no endpoint takes one);
-//! - `408`: a request body that does not arrive within 10 s.
+//! - `413`: a request body over 1 KiB (no endpoint takes one), and the
+//!   connection is closed;
+//! - `408`: a request body that does not arrive within 10 s;
+//! - `431`: a request head over 32 KiB (the listeners' default
+//!   `limits.request_head`), and the connection is closed.
 //!
 //! `POOL`:
 //!
@@ -159,9 +162,14 @@ async fn serve_connection(
 ) {
     let service =
         service_fn(move |request| handle(request, peer, local, shared.clone(), reload.clone()));
+    // What hyper buffers of a head is bounded as on the listeners (its
+    // default is about 400 KiB per connection): beyond it, 431 and close.
+    let head = crate::config::Limits::default().request_head;
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(REQUEST_TIMEOUT)
+        .max_header_size(head)
+        .max_buf_size(head)
         .serve_connection(TokioIo::new(stream), service);
     if let Err(e) = connection.await {
         tracing::debug!(client = %peer, error = %e, "admin connection ended with an error");

@@ -3,8 +3,10 @@
 //! - TCP: the server accepts a connection.
 //! - HTTP: on a fresh connection, `GET path` with `Host`, `User-Agent:
 //!   wharf-health` and `Connection: close` answers 2xx or 3xx. Only the
-//!   response head is read (hyper bounds its size); the body is never read,
-//!   and the connection is closed when the probe ends.
+//!   response head is read, at most 32 KiB as for proxied responses (a
+//!   longer one fails the check); the body is never read (at most what
+//!   arrived with the head is buffered), and the connection is closed when
+//!   the probe ends.
 //!
 //! Every probe ends in a [`Verdict`] with a short sentence that says why
 //! (`connect refused`, `HTTP 503`, `timed out after 500ms`), which becomes the
@@ -21,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::HealthCheck;
-use crate::upstream::{ConnectError, connect_tcp};
+use crate::upstream::{ConnectError, MAX_RESPONSE_HEAD, connect_tcp};
 
 /// The `User-Agent` of HTTP checks, so that servers can tell them from users.
 pub const USER_AGENT: &str = "wharf-health";
@@ -108,7 +110,10 @@ async fn http(
 ) -> Result<Verdict, Verdict> {
     let request = request(address, path, host)?;
     let stream = connect(address, timeout, proxy_header).await?;
-    let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+    let (mut sender, connection) = http1::Builder::new()
+        .max_header_size(MAX_RESPONSE_HEAD)
+        .max_buf_size(MAX_RESPONSE_HEAD)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Verdict::fail(format!("HTTP handshake failed: {e}")))?;
     // The connection is driven here rather than spawned, so that nothing of
@@ -271,7 +276,7 @@ mod tests {
             "{verdict:?}"
         );
 
-        // A head that never ends: hyper's buffer limit ends it, or the timeout.
+        // A head that never ends: the 32 KiB head limit ends it, not the timeout.
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let flood = tokio::spawn(async move {
@@ -288,7 +293,10 @@ mod tests {
             }
         });
         let verdict = probe(&http_check("/", None), addr, TIMEOUT, None).await;
-        assert!(!verdict.passed, "{verdict:?}");
+        assert!(
+            !verdict.passed && verdict.cause.contains("too large"),
+            "{verdict:?}"
+        );
         flood.abort();
     }
 

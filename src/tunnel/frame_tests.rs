@@ -14,11 +14,11 @@ use super::*;
 
 /// One frame as a test describes it.
 #[derive(Debug, Clone)]
-struct Spec {
-    opcode: Opcode,
-    fin: bool,
-    rsv1: bool,
-    payload: Vec<u8>,
+pub(crate) struct Spec {
+    pub opcode: Opcode,
+    pub fin: bool,
+    pub rsv1: bool,
+    pub payload: Vec<u8>,
 }
 
 fn t_opcode(opcode: Opcode) -> OpCode {
@@ -32,7 +32,7 @@ fn t_opcode(opcode: Opcode) -> OpCode {
     }
 }
 
-fn encode(spec: &Spec, masked: bool, rng: &mut StdRng) -> Vec<u8> {
+pub(crate) fn encode(spec: &Spec, masked: bool, rng: &mut StdRng) -> Vec<u8> {
     let header = FrameHeader {
         is_final: spec.fin,
         rsv1: spec.rsv1,
@@ -50,7 +50,7 @@ fn encode(spec: &Spec, masked: bool, rng: &mut StdRng) -> Vec<u8> {
 
 /// What the tracker reported, frame by frame, with payload bytes summed.
 #[derive(Debug, PartialEq, Eq)]
-enum Seen {
+pub(crate) enum Seen {
     Data {
         opcode: Opcode,
         fin: bool,
@@ -63,65 +63,130 @@ enum Seen {
     },
 }
 
-/// Feeds `stream` in chunks cut at `cuts`, holding what the tracker asks to
-/// hold, as the tunnel does; checks that payload bytes come in the right
-/// amounts and that the tracker is at a boundary exactly between frames.
-fn track(
-    tracker: &mut FrameTracker,
-    stream: &[u8],
-    cuts: &[usize],
-) -> Result<Vec<Seen>, Violation> {
-    let mut seen = Vec::new();
+impl Seen {
+    /// A frame the tracker reported; `None` for payload and other steps.
+    pub(crate) fn of(step: &Step) -> Option<Seen> {
+        match step {
+            Step::Data(frame) => Some(Seen::Data {
+                opcode: frame.opcode,
+                fin: frame.fin,
+                len: frame.payload_len,
+                message: frame.message_len,
+            }),
+            Step::Control(frame) => Some(Seen::Control {
+                opcode: frame.opcode,
+                payload: frame.payload().to_vec(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What a tracker decided about a stream: each frame with the offset it
+/// starts at, the violation that stopped it with its offset, and what was
+/// still held (bytes) or due (payload) when the stream ended.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Decisions {
+    pub frames: Vec<(usize, Step)>,
+    pub violation: Option<(usize, Violation)>,
+    pub held: usize,
+    pub payload_due: u64,
+}
+
+/// The module doc's bound on what a caller holds: the start of a header
+/// (at most 14 bytes) or of a control frame (at most 131 bytes), never a
+/// whole one.
+pub(crate) fn assert_holds_less_than_a_frame_head(held: &[u8]) {
+    const LONGEST_HEADER: usize = 2 + 8 + 4;
+    let whole = match *held {
+        [b0, b1, ..] if Opcode::from_bits(b0 & 0x0F).is_some_and(Opcode::is_control) => {
+            2 + 4 * usize::from(b1 >> 7) + usize::from(b1 & 0x7F)
+        }
+        _ => LONGEST_HEADER,
+    };
+    assert!(
+        held.len() < whole.max(LONGEST_HEADER) && whole <= MAX_CONTROL_PAYLOAD + 6,
+        "holds {} bytes: {held:02x?}",
+        held.len()
+    );
+}
+
+/// Feeds `stream` in chunks cut at `cuts` (offsets past the end are ignored),
+/// holding what the tracker asks to hold, as the tunnel does; checks that
+/// payload bytes come in the right amounts, that the tracker is at a boundary
+/// exactly between frames, that what is held stays within the bound, and that
+/// a violation, once reported, stays.
+pub(crate) fn follow(tracker: &mut FrameTracker, stream: &[u8], cuts: &[usize]) -> Decisions {
+    let mut decisions = Decisions::default();
     let mut held: Vec<u8> = Vec::new();
-    let mut payload_due = 0u64;
-    let mut last = 0;
+    let mut read = 0;
     let mut ends: Vec<usize> = cuts.iter().copied().filter(|&c| c < stream.len()).collect();
     ends.sort_unstable();
     ends.push(stream.len());
     for end in ends {
         let mut chunk = std::mem::take(&mut held);
-        chunk.extend_from_slice(&stream[last..end]);
-        last = end;
+        chunk.extend_from_slice(&stream[read..end]);
+        let start = end - chunk.len();
+        read = end;
         let mut pos = 0;
         loop {
-            match tracker.step(&chunk[pos..]) {
+            let left = chunk.len() - pos;
+            let step = tracker.step(&chunk[pos..]);
+            match step {
                 Step::Payload(n) => {
-                    assert!(n > 0 && n as u64 <= payload_due);
-                    payload_due -= n as u64;
+                    assert!(n > 0 && n <= left && n as u64 <= decisions.payload_due);
+                    decisions.payload_due -= n as u64;
                     pos += n;
                 }
                 Step::Data(frame) => {
-                    payload_due = frame.payload_len;
+                    assert!(decisions.payload_due == 0 && frame.header_len <= left);
+                    decisions.payload_due = frame.payload_len;
+                    decisions.frames.push((start + pos, step));
                     pos += frame.header_len;
-                    seen.push(Seen::Data {
-                        opcode: frame.opcode,
-                        fin: frame.fin,
-                        len: frame.payload_len,
-                        message: frame.message_len,
-                    });
                 }
                 Step::Control(frame) => {
+                    assert!(frame.len <= left);
+                    decisions.frames.push((start + pos, step));
                     pos += frame.len;
-                    seen.push(Seen::Control {
-                        opcode: frame.opcode,
-                        payload: frame.payload().to_vec(),
-                    });
                 }
                 Step::NeedMore => {
                     held = chunk[pos..].to_vec();
+                    assert_holds_less_than_a_frame_head(&held);
                     break;
                 }
-                Step::Violation(v) => return Err(v),
+                Step::Violation(v) => {
+                    assert_eq!(tracker.step(&chunk[pos..]), step, "a violation stays");
+                    decisions.violation = Some((start + pos, v));
+                    return decisions;
+                }
             }
-            assert_eq!(tracker.at_boundary(), payload_due == 0);
+            assert_eq!(tracker.at_boundary(), decisions.payload_due == 0);
         }
     }
-    assert!(held.is_empty(), "bytes left held at the end: {held:?}");
-    assert_eq!(payload_due, 0);
-    Ok(seen)
+    decisions.held = held.len();
+    decisions
 }
 
-fn expected(specs: &[Spec]) -> Vec<Seen> {
+/// The frames of a stream that must be followed to its end.
+fn track(
+    tracker: &mut FrameTracker,
+    stream: &[u8],
+    cuts: &[usize],
+) -> Result<Vec<Seen>, Violation> {
+    let decisions = follow(tracker, stream, cuts);
+    if let Some((_, violation)) = decisions.violation {
+        return Err(violation);
+    }
+    assert_eq!(decisions.held, 0, "bytes left held at the end");
+    assert_eq!(decisions.payload_due, 0);
+    Ok(decisions
+        .frames
+        .iter()
+        .filter_map(|(_, step)| Seen::of(step))
+        .collect())
+}
+
+pub(crate) fn expected(specs: &[Spec]) -> Vec<Seen> {
     let mut message = 0u64;
     specs
         .iter()
@@ -153,7 +218,7 @@ fn stream_of(specs: &[Spec], sender: Sender, rng: &mut StdRng) -> Vec<u8> {
         .collect()
 }
 
-fn spec(opcode: Opcode, fin: bool, len: usize) -> Spec {
+pub(crate) fn spec(opcode: Opcode, fin: bool, len: usize) -> Spec {
     Spec {
         opcode,
         fin,

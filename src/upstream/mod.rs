@@ -17,7 +17,9 @@ mod upload;
 pub use pool::{Pool, PoolLive, Unavailable};
 pub use server::{ActiveGuard, Server};
 
-pub use connect::{ConnectError, Connection, UpstreamBody, connect_http, connect_tcp};
+pub use connect::{
+    ConnectError, Connection, MAX_RESPONSE_HEAD, UpstreamBody, connect_http, connect_tcp,
+};
 pub use idle::IdlePool;
 pub use state::{AdminState, Change, Health, Outcome, ServerState};
 pub use upload::Upload;

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use wharf::Running;
+use wharf::upstream::{Health, ServerState};
 
 /// The longest any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -105,6 +106,28 @@ pub fn one_pool_config(servers: &[SocketAddr], pool_extra: &str) -> String {
     weighted_pool_config(&weighted, pool_extra)
 }
 
+/// wharf on [`one_pool_config`], and its `public` address.
+pub async fn wharf_for(servers: &[SocketAddr], pool_extra: &str) -> (Running, SocketAddr) {
+    let wharf = start_wharf(&one_pool_config(servers, pool_extra)).await;
+    let addr = public(&wharf);
+    (wharf, addr)
+}
+
+/// A config with listener `public` on 127.0.0.1:0 whose routes send each
+/// `(path_prefix, pool)` of `routes` to its pool (an empty prefix: every
+/// path), in order, then `pools` (`[pool.NAME]` tables).
+pub fn prefix_routes_config(routes: &[(&str, &str)], pools: &str) -> String {
+    let mut text = String::from("[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n");
+    for (prefix, pool) in routes {
+        text.push_str("\n[[listener.route]]\n");
+        if !prefix.is_empty() {
+            text.push_str(&format!("path_prefix = \"{prefix}\"\n"));
+        }
+        text.push_str(&format!("pool = \"{pool}\"\n"));
+    }
+    format!("{text}\n{pools}")
+}
+
 /// As [`one_pool_config`], with a weight per server.
 pub fn weighted_pool_config(servers: &[(SocketAddr, u32)], pool_extra: &str) -> String {
     format!(
@@ -122,6 +145,46 @@ pool = "web"
 "#,
         servers_toml(servers)
     )
+}
+
+/// `config` with an admin listener on 127.0.0.1:0 (no token: loopback only).
+pub fn with_admin(config: &str) -> String {
+    format!("{config}\n[admin]\nbind = \"127.0.0.1:0\"\n")
+}
+
+/// The admin listener's address.
+pub fn admin(running: &Running) -> SocketAddr {
+    running.admin_addr().expect("an admin listener")
+}
+
+/// The live state of server `addr` in pool `pool`.
+pub fn server_state(running: &Running, pool: &str, addr: SocketAddr) -> ServerState {
+    let snapshot = running.shared().snapshot();
+    let pool = snapshot.pool(pool).expect("the pool");
+    pool.server(addr).expect("a server of the pool").state()
+}
+
+/// Polls server `addr` of `pool` until its health is `wanted` (there is no
+/// change signal); how long that took. Fails the test after `limit`.
+pub async fn wait_for_health(
+    running: &Running,
+    pool: &str,
+    addr: SocketAddr,
+    wanted: Health,
+    limit: Duration,
+) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let health = server_state(running, pool, addr).health;
+        if health == wanted {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{addr} still {health} after {limit:?}, waiting for {wanted}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// An address on which nothing listens: a port bound then released.
@@ -1380,6 +1443,20 @@ async fn raw_answer(
             return;
         }
     }
+}
+
+/// `start_line`, then header fields of 1000-byte values until the head is
+/// at least `len` bytes, then `end` (the blank line, and any body), kept for
+/// the whole test (a [`RawServer`] answer is `'static`).
+pub fn oversized_head(start_line: &str, len: usize, end: &[u8]) -> &'static [u8] {
+    let mut head = format!("{start_line}\r\n").into_bytes();
+    let mut i = 0;
+    while head.len() < len {
+        head.extend_from_slice(format!("X-F{i}: {}\r\n", "a".repeat(1000)).as_bytes());
+        i += 1;
+    }
+    head.extend_from_slice(end);
+    Box::leak(head.into_boxed_slice())
 }
 
 // ------------------------------------------------------------------ programs
