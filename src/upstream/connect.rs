@@ -98,8 +98,10 @@ pub async fn connect_http(
     let stream = connect_tcp(address, timeout, proxy_header).await?;
     let (sender, connection) = http1::Builder::new()
         // A server's response head over this is a 502 (as nginx's
-        // `proxy_buffer_size`), not ~400 KiB buffered per connection.
+        // `proxy_buffer_size`), and no read buffer grows past it while a
+        // body streams through: not ~400 KiB buffered per connection.
         .max_header_size(MAX_RESPONSE_HEAD)
+        .max_buf_size(MAX_RESPONSE_HEAD)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(ConnectError::Handshake)?;
