@@ -465,6 +465,9 @@ impl Seen {
     }
 }
 
+/// How many requests a backend remembers (`Backend::seen`): at least half of it.
+const SEEN_KEPT: usize = 10_000;
+
 #[derive(Debug)]
 struct State {
     name: String,
@@ -569,7 +572,7 @@ impl Backend {
         self.state.body_bytes.load(Ordering::SeqCst)
     }
 
-    /// Every request seen, in order of arrival.
+    /// Every request seen (the last thousands at least), in order of arrival.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
@@ -679,13 +682,31 @@ async fn handle(
     // Read before the request is counted, so that a release the test sends
     // after seeing the request always frees it.
     let generation = *state.release.borrow();
-    state.seen.lock().unwrap().push(Seen {
-        method: request.method().clone(),
-        uri: request.uri().clone(),
-        version: request.version(),
-        headers: request.headers().clone(),
-        connection,
-    });
+    {
+        let mut seen = state.seen.lock().unwrap();
+        // Bounded: a soak sends millions of requests.
+        if seen.len() >= SEEN_KEPT {
+            seen.drain(..SEEN_KEPT / 2);
+        }
+        seen.push(Seen {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            // Copied, not shared: a shared value keeps hyper's whole read
+            // buffer alive.
+            headers: request
+                .headers()
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.clone(),
+                        HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+                    )
+                })
+                .collect(),
+            connection,
+        });
+    }
     state.requests.send_modify(|n| *n += 1);
     let response = match state.behaviour.clone() {
         Behaviour::Normal => special(request, &state, generation).await,
