@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -31,49 +31,63 @@ pub fn empty() -> ResponseBody {
     text("")
 }
 
-pin_project_lite::pin_project! {
-    /// A server's response body that keeps the request counted on its server
-    /// until the body is finished or dropped, so `least_conn` sees streaming
-    /// downloads as load.
-    pub struct Counted<B> {
-        #[pin]
-        inner: B,
-        guard: Option<ActiveGuard>,
-    }
+/// What an [`Observed`] body reports as it streams to the client.
+pub trait BodyObserver {
+    /// A data frame went by.
+    fn data(&mut self, chunk: &[u8]);
+    /// The body is finished, failed or was dropped (a client that went
+    /// away mid-body); may be called more than once.
+    fn end(&mut self) {}
 }
 
-impl<B> Counted<B> {
-    pub fn new(inner: B, guard: ActiveGuard) -> Self {
-        Counted {
-            inner,
-            guard: Some(guard),
+pin_project_lite::pin_project! {
+    /// A response body passed through unchanged, shown to an observer.
+    pub struct Observed<B, O>
+    where
+        O: BodyObserver,
+    {
+        #[pin]
+        inner: B,
+        observer: O,
+    }
+
+    impl<B, O> PinnedDrop for Observed<B, O>
+    where
+        O: BodyObserver,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            this.project().observer.end();
         }
     }
 }
 
-impl<B: Body> Body for Counted<B>
+impl<B, O: BodyObserver> Observed<B, O> {
+    pub fn new(inner: B, observer: O) -> Self {
+        Observed { inner, observer }
+    }
+}
+
+impl<B, O> Body for Observed<B, O>
 where
-    B::Data: Buf,
+    B: Body<Data = Bytes>,
+    O: BodyObserver,
 {
-    type Data = B::Data;
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(guard)) = (frame.data_ref(), this.guard.as_ref()) {
-                    let metrics = &guard.server().metrics;
-                    metrics.bytes.to_client.inc_by(data.remaining() as u64);
+                if let Some(data) = frame.data_ref() {
+                    this.observer.data(data);
                 }
             }
-            Poll::Ready(None | Some(Err(_))) => {
-                this.guard.take();
-            }
+            Poll::Ready(None | Some(Err(_))) => this.observer.end(),
             Poll::Pending => {}
         }
         polled
@@ -85,6 +99,24 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Keeps the request counted on its server until the body is finished or
+/// dropped, so `least_conn` sees streaming downloads as load; counts the
+/// bytes on the server.
+pub struct Counted(pub Option<ActiveGuard>);
+
+impl BodyObserver for Counted {
+    fn data(&mut self, chunk: &[u8]) {
+        if let Some(guard) = &self.0 {
+            let metrics = &guard.server().metrics;
+            metrics.bytes.to_client.inc_by(chunk.len() as u64);
+        }
+    }
+
+    fn end(&mut self) {
+        self.0.take();
     }
 }
 

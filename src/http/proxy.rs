@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
-use super::body::{self, Counted, ResponseBody};
+use super::body::{self, Counted, Observed, ResponseBody};
 use super::error::ProxyError;
 use super::framing::FramingFault;
 use super::headers::{self, ClientInfo};
@@ -228,9 +228,9 @@ async fn forward(
     // nginx's `proxy_read_timeout`: the response timeout also bounds each
     // silence of the server inside the body.
     let watched = body::Watched::new(incoming, pool.config.timeouts.response, server_address);
-    let counted = Counted::new(watched, guard);
+    let counted = Observed::new(watched, Counted(Some(guard)));
     let body = if affinity.engine_io_handshake && parts.status.is_success() {
-        LearnSid::new(counted, pool.clone(), server_address).boxed()
+        Observed::new(counted, LearnSid::new(pool.clone(), server_address)).boxed()
     } else {
         counted.boxed()
     };

@@ -7,19 +7,15 @@
 //! takes a [`TunnelRecord`] instead and writes its line when it ends.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use http::{Method, Response};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use super::ClientConnection;
-use super::body::ResponseBody;
+use super::body::{BodyObserver, Observed, ResponseBody};
 use crate::access_log::{AccessLog, Entry, StickyDecision, TunnelClose};
 use crate::metrics::{OpenGuard, RouteMetrics, ServerMetrics};
 use crate::snapshot::Shared;
@@ -98,11 +94,10 @@ impl Exchange {
         let entry = self.entry(client, status);
         let (parts, body) = response.into_parts();
         let logged = Logged {
-            inner: body,
             bytes: 0,
             pending: Some((log.clone(), entry, self.started)),
         };
-        Response::from_parts(parts, logged.boxed())
+        Response::from_parts(parts, Observed::new(body, logged).boxed())
     }
 
     /// What the tunnel needs to count itself and write its line.
@@ -208,59 +203,23 @@ impl TunnelRecord {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that writes its access log line when it is finished
-    /// or dropped (a client that went away mid-body is logged too).
-    struct Logged {
-        #[pin]
-        inner: ResponseBody,
-        bytes: u64,
-        pending: Option<(AccessLog, Entry, Instant)>,
-    }
-
-    impl PinnedDrop for Logged {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            write_line(this.pending, *this.bytes);
-        }
-    }
+/// Writes a response's access log line when its body is finished or
+/// dropped (a client that went away mid-body is logged too).
+struct Logged {
+    bytes: u64,
+    pending: Option<(AccessLog, Entry, Instant)>,
 }
 
-fn write_line(pending: &mut Option<(AccessLog, Entry, Instant)>, bytes: u64) {
-    if let Some((log, mut entry, started)) = pending.take() {
-        entry.bytes_out = bytes;
-        entry.duration = started.elapsed();
-        log.log(entry);
+impl BodyObserver for Logged {
+    fn data(&mut self, chunk: &[u8]) {
+        self.bytes += chunk.len() as u64;
     }
-}
 
-impl Body for Logged {
-    type Data = Bytes;
-    type Error = super::body::BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    *this.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(None | Some(Err(_))) => write_line(this.pending, *this.bytes),
-            Poll::Pending => {}
+    fn end(&mut self) {
+        if let Some((log, mut entry, started)) = self.pending.take() {
+            entry.bytes_out = self.bytes;
+            entry.duration = started.elapsed();
+            log.log(entry);
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
