@@ -200,6 +200,9 @@ where
         let moved_up = self
             .up
             .turn(self.client, self.server, cx, watch_up, &mut seen_up)?;
+        // The server already has its close frame: the client's goes first,
+        // before the server's reply, which may be waiting to be read now.
+        self.answer_client(&seen_up);
         let moved_down = self.down.turn(
             self.server,
             self.client,
@@ -235,6 +238,16 @@ where
         Ok(true)
     }
 
+    /// Queues the client's close frame when the client's frames were
+    /// refused (the server got its close in their place).
+    fn answer_client(&mut self, up: &Seen) {
+        if up.violation.is_some() {
+            self.down.insert_close(1002, "protocol error");
+        } else if up.too_big.is_some() {
+            self.down.insert_close(1009, "message too big");
+        }
+    }
+
     fn act_on(&mut self, up: &Seen, down: &Seen, now: Instant) {
         let Some(ws) = self.ws.as_mut() else {
             return;
@@ -245,9 +258,9 @@ where
         if let Some(code) = down.close.filter(|_| self.closing.is_none()) {
             ws.meter.ended(Side::Server, code.unwrap_or(1005));
         }
-        // The violator's receiver got 1002 already; now the violator does.
+        // The violator's receiver got 1002 already; now the violator does
+        // (the client's was queued by `answer_client`).
         if let Some(violation) = up.violation {
-            self.down.insert_close(1002, "protocol error");
             let by = Sender::Client;
             self.start_closing(WharfClose::Violation { by, violation }, 1002, now);
         } else if let Some(violation) = down.violation {
@@ -255,8 +268,7 @@ where
             let by = Sender::Server;
             self.start_closing(WharfClose::Violation { by, violation }, 1002, now);
         } else if let Some(size) = up.too_big {
-            // The server got 1001 in place of the message.
-            self.down.insert_close(1009, "message too big");
+            // The server got 1001 in place of the message, the client 1009.
             self.start_closing(WharfClose::MessageTooBig(size), 1009, now);
         }
     }
