@@ -15,15 +15,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::Empty;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body_util::{Either, Empty};
 use tokio::net::TcpStream;
 
 use crate::config::HealthCheck;
-use crate::upstream::{ConnectError, MAX_RESPONSE_HEAD, connect_tcp};
+use crate::upstream::{ConnectError, ServerConnection, UpstreamBody, connect_tcp, h1};
 
 /// The `User-Agent` of HTTP checks, so that servers can tell them from users.
 pub const USER_AGENT: &str = "wharf-health";
@@ -110,27 +107,12 @@ async fn http(
 ) -> Result<Verdict, Verdict> {
     let request = request(address, path, host)?;
     let stream = connect(address, timeout, proxy_header).await?;
-    let (mut sender, connection) = http1::Builder::new()
-        .max_header_size(MAX_RESPONSE_HEAD)
-        .max_buf_size(MAX_RESPONSE_HEAD)
-        .handshake(TokioIo::new(stream))
+    // Driven here, with no task of its own: nothing of the probe outlives
+    // it (nor its timeout), and the connection is never reused.
+    let response = h1::send(ServerConnection::new(stream), request, None)
         .await
-        .map_err(|e| Verdict::fail(format!("HTTP handshake failed: {e}")))?;
-    // The connection is driven here rather than spawned, so that nothing of
-    // the probe outlives it (nor its timeout).
-    tokio::pin!(connection);
-    let response = sender.send_request(request);
-    tokio::pin!(response);
-    let response = tokio::select! {
-        biased;
-        response = &mut response => response,
-        // The connection ended first: the response is there already, or never will be.
-        _ = &mut connection => response.await,
-    };
-    let status = response
-        .map_err(|e| Verdict::fail(format!("no valid HTTP response: {e}")))?
-        .status();
-    Ok(judge(status))
+        .map_err(|failed| Verdict::fail(format!("no valid HTTP response: {}", failed.error)))?;
+    Ok(judge(response.status()))
 }
 
 /// The check's request: `GET path` with `Host: host`, the server's address by default.
@@ -138,7 +120,7 @@ fn request(
     address: SocketAddr,
     path: &str,
     host: Option<&str>,
-) -> Result<Request<Empty<Bytes>>, Verdict> {
+) -> Result<Request<UpstreamBody>, Verdict> {
     let host = host.map_or_else(|| address.to_string(), str::to_owned);
     Request::builder()
         .method(Method::GET)
@@ -146,7 +128,7 @@ fn request(
         .header(header::HOST, host)
         .header(header::USER_AGENT, USER_AGENT)
         .header(header::CONNECTION, "close")
-        .body(Empty::new())
+        .body(Either::Right(Empty::new()))
         .map_err(|e| Verdict::fail(format!("invalid check request: {e}")))
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::strict::Refusal;
-use crate::upstream::{ConnectError, Unavailable};
+use crate::upstream::{ConnectError, ServerError, Unavailable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -21,8 +21,6 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("refused: {0}")]
     Refused(#[from] Refusal),
-    #[error("the server's response is malformed: {0}")]
-    BadResponse(&'static str),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(&'static str),
     #[error("{0}")]
@@ -32,16 +30,22 @@ pub enum ProxyError {
     #[error("server did not answer within {0:?}")]
     ResponseTimeout(Duration),
     #[error("server failed: {0}")]
-    Server(#[source] hyper::Error),
+    Server(#[source] ServerError),
     #[error("server switched protocols without being asked to")]
     UnrequestedUpgrade,
     #[error("the client's request body failed (client gone?): {0}")]
-    ClientAborted(#[source] hyper::Error),
+    ClientAborted(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the client's request body brought too little over {0:?} (min_upload_rate)")]
     UploadStalled(Duration),
 }
 
 impl ProxyError {
+    /// Whether the server cannot have acted on the request (see
+    /// [`ServerError::may_retry`]).
+    pub fn may_retry(&self) -> bool {
+        matches!(self, ProxyError::Server(error) if error.may_retry())
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -56,10 +60,9 @@ impl ProxyError {
             ProxyError::Connect(ConnectError::Timeout(_)) | ProxyError::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::Connect(_)
-            | ProxyError::Server(_)
-            | ProxyError::BadResponse(_)
-            | ProxyError::UnrequestedUpgrade => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Server(_) | ProxyError::UnrequestedUpgrade => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 

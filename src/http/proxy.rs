@@ -21,7 +21,7 @@ use super::framing::FramingFault;
 use super::headers::{self, ClientInfo};
 use super::learn_sid::LearnSid;
 use super::record::{self, Exchange};
-use super::send::{return_when_idle, send_with_retries};
+use super::send::send_with_retries;
 use super::strict;
 use super::{ClientConnection, upgrade};
 use crate::config::RouteConfig;
@@ -166,7 +166,7 @@ async fn forward(
     }
     exchange.upload = upload.clone();
     let sent_at = Instant::now();
-    let (mut response, guard, connection) = send_with_retries(
+    let (mut response, guard) = send_with_retries(
         pool,
         upstream_request,
         upload,
@@ -222,7 +222,6 @@ async fn forward(
     }
 
     let server_address = server.address;
-    return_when_idle(connection, server);
     let (mut parts, incoming) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     // nginx's `proxy_read_timeout`: the response timeout also bounds each

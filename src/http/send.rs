@@ -2,7 +2,7 @@
 //! send, wait for the response head; retry on another server when that is safe.
 //!
 //! A request is tried again elsewhere only when the failed server cannot have
-//! seen it (the connection failed, or hyper hands the request back unsent),
+//! seen it (the connection failed, or no byte of the request was written),
 //! or when it is idempotent with an empty body, so that replaying it cannot
 //! do anything twice (RFC 9110 §9.2.2). A response timeout is never retried:
 //! a slow server would see the request again and the client wait twice.
@@ -18,19 +18,20 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
 use tokio::sync::watch;
 
 use super::error::ProxyError;
 use crate::config::{PoolTimeouts, ProxyVersion};
 use crate::proxy_protocol;
 use crate::sticky::Affinity;
-use crate::upstream::{ActiveGuard, Connection, Outcome, Pool, Server, UpstreamBody, connect_http};
+use crate::upstream::h1::{self, Failed};
+use crate::upstream::{
+    ActiveGuard, Outcome, Pool, Server, ServerBody, ServerConnection, UpstreamBody, connect_http,
+};
 
-/// A response head from a server, the request's slot on it, and the
-/// connection, to reuse once the body is read.
-pub type Sent = (Response<Incoming>, ActiveGuard, Connection);
+/// A response head from a server, with its body to read from the
+/// connection, and the request's slot on the server.
+pub type Sent = (Response<ServerBody>, ActiveGuard);
 
 /// Sends `request` to a server of `pool`, trying up to `retries` more servers
 /// when delivery failed in a way that is safe to retry. On failure, the error
@@ -78,14 +79,7 @@ pub async fn send_with_retries(
         server.metrics.requests.inc();
         let sent_at = std::time::Instant::now();
         match send(&server, attempt, sending).await {
-            Ok((response, connection)) => {
-                // A response with conflicting framing: its connection is
-                // dropped with it (never reused), and the client gets a 502.
-                if let Err(reason) = super::strict::check_response(response.headers()) {
-                    drop(connection);
-                    pool.record_outcome(&server, Outcome::ServerError, reason);
-                    return Err((ProxyError::BadResponse(reason), Some(server.address)));
-                }
+            Ok(response) => {
                 let status = response.status();
                 server.metrics.responded(status.as_u16(), sent_at.elapsed());
                 // Only gateway failures count (as Envoy's
@@ -96,7 +90,7 @@ pub async fn send_with_retries(
                     _ => Outcome::Success,
                 };
                 pool.record_outcome(&server, outcome, status.as_str());
-                return Ok((response, guard, connection));
+                return Ok((response, guard));
             }
             Err(SendError { error, unsent }) => {
                 let outcome = match error {
@@ -114,8 +108,7 @@ pub async fn send_with_retries(
                     return Err((error, Some(server.address)));
                 };
                 pool.record_outcome(&server, outcome, &error.to_string());
-                let retry = unsent.is_some()
-                    || (replay.is_some() && matches!(error, ProxyError::Server(_)));
+                let retry = unsent.is_some() || (replay.is_some() && error.may_retry());
                 failed.push(server.address);
                 if retry {
                     server.metrics.retries.inc();
@@ -202,20 +195,20 @@ struct Sending<'a> {
 /// server's failure: the request goes again on a new connection when that is
 /// safe (it was not sent, or it can be replayed).
 async fn send(
-    server: &Server,
+    server: &Arc<Server>,
     request: Request<UpstreamBody>,
     sending: Sending<'_>,
-) -> Result<(Response<Incoming>, Connection), SendError> {
+) -> Result<Response<ServerBody>, SendError> {
     let mut request = request;
-    if let Some(mut connection) = server.idle.take() {
-        match send_on(&mut connection, request, &sending).await {
-            Ok(response) => return Ok((response, connection)),
+    if let Some(connection) = server.idle.take() {
+        match send_on(connection, request, server, &sending).await {
+            Ok(response) => return Ok(response),
             Err(SendError {
                 unsent: Some(unsent),
                 ..
             }) => request = *unsent,
-            Err(e) => match (&e.error, sending.replay) {
-                (ProxyError::Server(_), Some(replay)) => request = replay.request(),
+            Err(e) => match sending.replay {
+                Some(replay) if e.error.may_retry() => request = replay.request(),
                 _ => return Err(e),
             },
         }
@@ -225,7 +218,7 @@ async fn send(
         sending.timeouts.connect,
         sending.proxy_header,
     );
-    let mut connection = match connect.await {
+    let connection = match connect.await {
         Ok(connection) => connection,
         Err(e) => {
             return Err(SendError {
@@ -234,21 +227,21 @@ async fn send(
             });
         }
     };
-    let response = send_on(&mut connection, request, &sending).await?;
-    Ok((response, connection))
+    send_on(connection, request, server, &sending).await
 }
 
 async fn send_on(
-    connection: &mut Connection,
+    connection: ServerConnection,
     request: Request<UpstreamBody>,
+    server: &Arc<Server>,
     sending: &Sending<'_>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<ServerBody>, SendError> {
     let response_timeout = sending.timeouts.response;
     let timed_out = || SendError {
         error: ProxyError::ResponseTimeout(response_timeout),
         unsent: None,
     };
-    let response = connection.try_send_request(request);
+    let response = h1::send(connection, request, Some(server.clone()));
     tokio::pin!(response);
     // While the body uploads, it must bring `min_upload_rate` bytes a second
     // over every `upload_idle` (and at least one byte): a client that
@@ -285,27 +278,14 @@ async fn send_on(
 }
 
 fn result_of(
-    result: Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>,
-) -> Result<Response<Incoming>, SendError> {
-    result.map_err(|mut e| {
-        let unsent = e.take_message().map(Box::new);
-        let error = e.into_error();
-        // The client's own body failed (it went away mid-upload): not the server's doing.
-        let error = match error.is_user() {
-            true => ProxyError::ClientAborted(error),
-            false => ProxyError::Server(error),
+    result: Result<Response<ServerBody>, Failed>,
+) -> Result<Response<ServerBody>, SendError> {
+    result.map_err(|Failed { error, unsent }| {
+        let error = match error {
+            h1::SendError::Server(error) => ProxyError::Server(error),
+            // The client's own body failed (it went away mid-upload): not the server's doing.
+            h1::SendError::ClientBody(error) => ProxyError::ClientAborted(error),
         };
         SendError { error, unsent }
     })
-}
-
-/// Puts the connection back in the server's idle pool once the response body
-/// has been read to the end (hyper reports it ready then).
-pub fn return_when_idle(mut connection: Connection, server: Arc<Server>) {
-    tokio::spawn(async move {
-        // A server drained, ejected or down meanwhile keeps no idle connection.
-        if connection.ready().await.is_ok() && server.is_serving() {
-            server.idle.put(connection);
-        }
-    });
 }

@@ -133,19 +133,6 @@ fn single_chunked(headers: &HeaderMap) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Checks a server's response head; `Err` is a reason for a 502.
-pub fn check_response(headers: &HeaderMap) -> Result<(), &'static str> {
-    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
-    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-    if lengths > 1 {
-        return Err("Content-Length sent more than once");
-    }
-    if lengths == 1 && chunked {
-        return Err("both Content-Length and Transfer-Encoding");
-    }
-    single_chunked(headers)
-}
-
 /// The path normalised per RFC 3986 §6.2.2: percent-escapes of unreserved
 /// characters decoded, other escapes upper-cased, dot segments removed
 /// (§5.2.4). Borrowed when nothing changes (the common case, one scan).

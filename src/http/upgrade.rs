@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, header};
-use hyper::body::Incoming;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -27,7 +26,7 @@ use crate::tunnel::{
     self, Extensions, Registration, Settings, TunnelControl, TunnelEnd, TunnelReport,
     WebSocketSettings, WsStats,
 };
-use crate::upstream::{ActiveGuard, Server};
+use crate::upstream::{ActiveGuard, Server, ServerBody};
 
 /// What the route and pool of an upgrade say about its tunnel.
 pub struct TunnelRoute {
@@ -47,7 +46,7 @@ pub struct TunnelRoute {
 /// counted on its server (`guard`) for as long as it is open. A `websocket`
 /// upgrade is followed frame by frame with the route's `ws_*` settings.
 pub fn start_tunnel(
-    mut server_response: Response<Incoming>,
+    server_response: Response<ServerBody>,
     client_upgrade: OnUpgrade,
     guard: ActiveGuard,
     route: TunnelRoute,
@@ -55,8 +54,8 @@ pub fn start_tunnel(
     tasks: &TaskTracker,
     record: TunnelRecord,
 ) -> Response<ResponseBody> {
-    let server_upgrade = hyper::upgrade::on(&mut server_response);
-    let (mut parts, _) = server_response.into_parts();
+    let (mut parts, server_body) = server_response.into_parts();
+    let server_side = server_body.into_upgraded();
     let protocol = headers::upgrade_protocol(&parts.headers).unwrap_or_default();
     let handover = route.handover_timeout;
     let settings = Settings {
@@ -78,7 +77,7 @@ pub fn start_tunnel(
         let server = guard.server().clone();
         let Some((client_side, server_side)) = hand_over(
             client_upgrade,
-            server_upgrade,
+            server_side,
             handover,
             &server,
             connection.peer,
@@ -123,20 +122,21 @@ enum ClientSide {
     Tls((TlsStream<TcpStream>, Bytes)),
 }
 
-/// Waits (within `handover`) for hyper to release both connections; `None`
-/// when the upgrade was abandoned.
+/// Waits (within `handover`) for hyper to release the client's connection
+/// once the 101 is written; `None` when the upgrade was abandoned.
 async fn hand_over(
     client_upgrade: OnUpgrade,
-    server_upgrade: OnUpgrade,
+    server_side: Option<(TcpStream, Bytes)>,
     handover: Duration,
     server: &Server,
     client: SocketAddr,
 ) -> Option<(ClientSide, (TcpStream, Bytes))> {
-    let both = tokio::time::timeout(handover, async {
-        tokio::try_join!(client_upgrade, server_upgrade)
-    });
-    let (client_io, server_io) = match both.await {
-        Ok(Ok(pair)) => pair,
+    let Some(server_side) = server_side else {
+        tracing::error!(%client, server = %server.address, "a 101 without its server connection; closing");
+        return None;
+    };
+    let client_io = match tokio::time::timeout(handover, client_upgrade).await {
+        Ok(Ok(client_io)) => client_io,
         Ok(Err(e)) => {
             tracing::info!(%client, server = %server.address, error = %e, "upgrade abandoned before the tunnel opened");
             return None;
@@ -146,11 +146,6 @@ async fn hand_over(
             return None;
         }
     };
-    let Ok(server_side) = server_io.downcast::<TokioIo<TcpStream>>() else {
-        tracing::error!(%client, server = %server.address, "upgraded server connection is not a TCP stream; closing it");
-        return None;
-    };
-    let server_side = (server_side.io.into_inner(), server_side.read_buf);
     // The client side is wrapped in the framing tap (see `serve`); the
     // tunnel takes the bare stream from under it.
     let client_side = match client_io.downcast::<TokioIo<Tapped<TcpStream>>>() {

@@ -1,7 +1,6 @@
 //! Connecting to a server: the one way wharf opens a connection to a server,
 //! for HTTP, TCP pools and health checks alike (connect timeout, no Nagle,
-//! the PROXY header first if the pool sends one), and a new HTTP/1.1
-//! connection over it.
+//! the PROXY header first if the pool sends one).
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,18 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::Upload;
+use super::h1::ServerConnection;
 
 /// The body of a request to a server: the client's, streamed, or none
 /// (a request without a body, a replayed request, a health check).
 pub type UpstreamBody = Either<Upload, Empty<Bytes>>;
-
-/// A connection ready to carry one request at a time to a server.
-pub type Connection = http1::SendRequest<UpstreamBody>;
 
 /// The largest response head wharf reads from a server, in bytes.
 pub const MAX_RESPONSE_HEAD: usize = 32 * 1024;
@@ -40,8 +35,6 @@ pub enum ConnectError {
     Local(#[source] io::Error),
     #[error("sending the PROXY header timed out")]
     ProxyHeaderTimeout,
-    #[error("HTTP handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
 }
 
 impl ConnectError {
@@ -88,27 +81,12 @@ pub async fn connect_tcp(
     Ok(stream)
 }
 
-/// Connects as [`connect_tcp`] does and starts the HTTP/1.1 client
-/// connection task (with upgrades enabled, so a 101 can become a tunnel).
+/// Connects as [`connect_tcp`] does, for HTTP/1.1 requests.
 pub async fn connect_http(
     address: SocketAddr,
     timeout: Duration,
     proxy_header: Option<&[u8]>,
-) -> Result<Connection, ConnectError> {
+) -> Result<ServerConnection, ConnectError> {
     let stream = connect_tcp(address, timeout, proxy_header).await?;
-    let (sender, connection) = http1::Builder::new()
-        // A server's response head over this is a 502 (as nginx's
-        // `proxy_buffer_size`), and no read buffer grows past it while a
-        // body streams through: not ~400 KiB buffered per connection.
-        .max_header_size(MAX_RESPONSE_HEAD)
-        .max_buf_size(MAX_RESPONSE_HEAD)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(ConnectError::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            tracing::debug!(server = %address, error = %e, "server connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(ServerConnection::new(stream))
 }

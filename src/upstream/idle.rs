@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::Connection;
+use super::ServerConnection as Connection;
 
 #[derive(Debug)]
 pub struct IdlePool {
@@ -50,10 +50,7 @@ impl IdlePool {
         let idle_timeout = idle.idle_timeout;
         let now = Instant::now();
         while let Some((connection, since)) = idle.connections.pop_back() {
-            if now.duration_since(since) < idle_timeout
-                && !connection.is_closed()
-                && connection.is_ready()
-            {
+            if now.duration_since(since) < idle_timeout && connection.is_alive() {
                 return Some(connection);
             }
         }
@@ -62,9 +59,6 @@ impl IdlePool {
 
     /// Keeps `connection` for reuse if there is room; otherwise drops (closes) it.
     pub fn put(&self, connection: Connection) {
-        if connection.is_closed() || !connection.is_ready() {
-            return;
-        }
         let mut idle = self.lock();
         if idle.max == 0 {
             return;
@@ -82,7 +76,7 @@ impl IdlePool {
         let mut idle = self.lock();
         let idle_timeout = idle.idle_timeout;
         idle.connections.retain(|(connection, since)| {
-            now.duration_since(*since) < idle_timeout && !connection.is_closed()
+            now.duration_since(*since) < idle_timeout && connection.is_alive()
         });
     }
 

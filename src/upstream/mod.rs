@@ -8,6 +8,7 @@
 //! the registry.
 
 mod connect;
+pub mod h1;
 mod idle;
 mod pool;
 mod server;
@@ -17,9 +18,8 @@ mod upload;
 pub use pool::{Pool, PoolLive, Unavailable};
 pub use server::{ActiveGuard, Server};
 
-pub use connect::{
-    ConnectError, Connection, MAX_RESPONSE_HEAD, UpstreamBody, connect_http, connect_tcp,
-};
+pub use connect::{ConnectError, MAX_RESPONSE_HEAD, UpstreamBody, connect_http, connect_tcp};
+pub use h1::{ServerBody, ServerConnection, ServerError};
 pub use idle::IdlePool;
 pub use state::{AdminState, Change, Health, Outcome, ServerState};
 pub use upload::Upload;

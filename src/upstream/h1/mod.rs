@@ -1,0 +1,241 @@
+//! wharf's HTTP/1.1 client to servers: one request at a time on a server
+//! connection, driven by the task of the client's request. The request head
+//! is written, the body uploaded while the response head is awaited, and the
+//! response body decoded from the connection as the client takes it
+//! ([`ServerBody`]).
+//!
+//! Written by hand (as the issue on performance allows) because hyper's
+//! client ran every server connection in a task of its own, reached through
+//! channels: each request crossed tasks four times and spawned a fifth to
+//! return the connection. Measured with `bench/run --only http` (one core):
+//! see the commit that introduced this module for the figures.
+
+mod body;
+mod head;
+mod upload;
+
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::Body as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+pub use body::ServerBody;
+use upload::Uploading;
+
+use super::{Server, UpstreamBody};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How much wharf reads from a server at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why an exchange with a server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("the server closed the connection before answering")]
+    ClosedBeforeResponse,
+    #[error("the server closed the connection in the middle of its response head")]
+    ClosedInHead,
+    #[error("reading from the server: {0}")]
+    Read(#[source] io::Error),
+    #[error("writing to the server: {0}")]
+    Write(#[source] io::Error),
+    #[error("response head too large (over {} bytes)", super::MAX_RESPONSE_HEAD)]
+    HeadTooLarge,
+    #[error("malformed response head: {0}")]
+    Malformed(#[source] httparse::Error),
+    #[error("{0}")]
+    Framing(&'static str),
+    #[error("malformed chunked response body")]
+    BadChunk,
+    #[error("the server closed the connection in the middle of the body")]
+    BodyCut,
+    /// While the server was already answering (both bodies streaming).
+    #[error("the client's request body failed: {0}")]
+    RequestBody(#[source] BoxError),
+}
+
+impl ServerError {
+    /// Whether the server cannot have acted on the request: the connection
+    /// failed under it (a keep-alive connection closed as the request
+    /// arrived, say). A request that can be replayed may go again; a
+    /// malformed answer means the server did act, and is never retried.
+    pub fn may_retry(&self) -> bool {
+        matches!(
+            self,
+            ServerError::ClosedBeforeResponse | ServerError::Read(_) | ServerError::Write(_)
+        )
+    }
+}
+
+/// Why a request failed, and the request itself when no byte of it was sent.
+pub struct Failed {
+    pub error: SendError,
+    /// Boxed: a request head is large and errors travel far.
+    pub unsent: Option<Box<Request<UpstreamBody>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Server(ServerError),
+    /// The client's request body failed (the client went away mid-upload).
+    #[error("the client's request body failed: {0}")]
+    ClientBody(BoxError),
+}
+
+impl From<ServerError> for SendError {
+    fn from(error: ServerError) -> Self {
+        SendError::Server(error)
+    }
+}
+
+/// An open connection to a server, with what was read from it and not yet used.
+#[derive(Debug)]
+pub struct ServerConnection {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl ServerConnection {
+    pub fn new(stream: TcpStream) -> Self {
+        ServerConnection {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection is still open with nothing unasked on it.
+    /// No system call unless the reactor saw the socket become readable
+    /// (the server closed it, or sent bytes nobody asked for).
+    pub fn is_alive(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads until a final response head (interim 1xx heads other than 101
+    /// are skipped, as hyper did).
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+    ) -> Poll<Result<head::ResponseHead, ServerError>> {
+        loop {
+            if !self.buf.is_empty()
+                && let Some(head) = head::parse_response(&mut self.buf, head_request)?
+            {
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    continue;
+                }
+                return Poll::Ready(Ok(head));
+            }
+            if std::task::ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(match self.buf.is_empty() {
+                    true => ServerError::ClosedBeforeResponse,
+                    false => ServerError::ClosedInHead,
+                }));
+            }
+        }
+    }
+
+    /// Reads what the server sent next into the buffer; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, ServerError>> {
+        self.buf.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.stream), cx, &mut self.buf)
+            .map_err(ServerError::Read)
+    }
+}
+
+/// Sends `request` on `connection` and waits for the response head (the
+/// caller bounds the wait). The response's body reads from the connection
+/// (and goes on uploading the request body if the server answered before
+/// its end) and gives the connection back to `server`'s idle pool at its end
+/// when the server keeps it open (never without a `server`: a health
+/// probe); a 101's body hands the connection to a
+/// tunnel instead ([`ServerBody::into_upgraded`]).
+pub async fn send(
+    mut connection: ServerConnection,
+    request: Request<UpstreamBody>,
+    server: Option<Arc<Server>>,
+) -> Result<Response<ServerBody>, Failed> {
+    let mut head = BytesMut::new();
+    head::encode_request(
+        request.method(),
+        request.uri(),
+        request.headers(),
+        &mut head,
+    );
+    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+    let head_request = request.method() == Method::HEAD;
+    let failed = |error: SendError| Failed {
+        error,
+        unsent: None,
+    };
+    // Nothing reached the server if the first write fails.
+    let written = match connection.stream.write(&head).await {
+        Ok(written) => written,
+        Err(e) => {
+            return Err(Failed {
+                error: SendError::Server(ServerError::Write(e)),
+                unsent: Some(Box::new(request)),
+            });
+        }
+    };
+    connection
+        .stream
+        .write_all(&head[written..])
+        .await
+        .map_err(|e| failed(ServerError::Write(e).into()))?;
+
+    let body = request.into_body();
+    let mut upload = (!body.is_end_stream()).then(|| Uploading::new(body, chunked));
+    // A body the server stopped reading leaves the connection's framing unknown.
+    let mut upload_failed = false;
+    let response_head = std::future::poll_fn(|cx| {
+        if let Some(sending) = upload.as_mut() {
+            match sending.poll_send(&mut connection.stream, cx) {
+                Poll::Ready(Ok(())) => upload = None,
+                Poll::Ready(Err(SendError::ClientBody(e))) => {
+                    return Poll::Ready(Err(SendError::ClientBody(e)));
+                }
+                // The server stopped reading: it may still have answered.
+                Poll::Ready(Err(SendError::Server(_))) => {
+                    upload = None;
+                    upload_failed = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        connection
+            .poll_head(cx, head_request)
+            .map_err(SendError::Server)
+    })
+    .await
+    .map_err(failed)?;
+    let upgraded = response_head.status == StatusCode::SWITCHING_PROTOCOLS;
+    let reusable = response_head.keep_alive && !upload_failed && !upgraded;
+    let mut response = Response::new(ServerBody::new(
+        connection,
+        upload,
+        response_head.framing,
+        reusable,
+        server,
+    ));
+    *response.status_mut() = response_head.status;
+    *response.version_mut() = response_head.version;
+    *response.headers_mut() = response_head.headers;
+    Ok(response)
+}
