@@ -20,7 +20,8 @@ use http_body_util::{Either, Empty};
 use tokio::net::TcpStream;
 
 use crate::config::HealthCheck;
-use crate::upstream::{ConnectError, ServerConnection, UpstreamBody, connect_tcp, h1};
+use crate::upstream::h1::{self, RequestHead};
+use crate::upstream::{ConnectError, ServerConnection, UpstreamBody, connect_tcp};
 
 /// The `User-Agent` of HTTP checks, so that servers can tell them from users.
 pub const USER_AGENT: &str = "wharf-health";
@@ -109,7 +110,9 @@ async fn http(
     let stream = connect(address, timeout, proxy_header).await?;
     // Driven here, with no task of its own: nothing of the probe outlives
     // it (nor its timeout), and the connection is never reused.
-    let response = h1::send(ServerConnection::new(stream), request, None)
+    let head = RequestHead::encode(request.method(), request.uri(), request.headers());
+    let body = request.into_body();
+    let response = h1::send(ServerConnection::new(stream), &head, body, None)
         .await
         .map_err(|failed| Verdict::fail(format!("no valid HTTP response: {}", failed.error)))?;
     Ok(judge(response.status()))

@@ -86,16 +86,46 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocols: &str) {
     }
 }
 
+/// What the forwarding headers say of a client connection, made once for
+/// all the requests on it (not per request: formatting addresses showed in
+/// profiles of the proxy path).
+#[derive(Debug)]
+pub struct ClientForwarding {
+    /// The client's address as text (an IPv4-mapped one as IPv4).
+    ip: HeaderValue,
+    /// `http` or `https`.
+    proto: &'static str,
+    /// The port the client connected to.
+    port: HeaderValue,
+    /// `for=...;proto=...`: this hop's `Forwarded` element without the host.
+    element: String,
+}
+
+impl ClientForwarding {
+    pub fn new(ip: IpAddr, proto: &'static str, port: u16) -> Self {
+        let ip = ip.to_canonical();
+        let mut element = match ip {
+            IpAddr::V4(v4) => format!("for={v4}"),
+            // RFC 7239 §6: IPv6 addresses are bracketed and the value quoted.
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+        };
+        element.push_str(";proto=");
+        element.push_str(proto);
+        ClientForwarding {
+            ip: header_value(&ip.to_string()),
+            proto,
+            port: HeaderValue::from(port),
+            element,
+        }
+    }
+}
+
 /// What wharf saw of the client, written into forwarding headers.
 #[derive(Debug, Clone)]
 pub struct ClientInfo<'a> {
-    pub ip: IpAddr,
-    /// `http` or `https`.
-    pub proto: &'static str,
+    pub client: &'a ClientForwarding,
     /// The `Host` the client sent, if any.
     pub host: Option<&'a HeaderValue>,
-    /// The port the client connected to.
-    pub port: u16,
     /// Whether the peer is one of the listener's `trusted_proxies`, whose
     /// forwarding headers are appended to rather than replaced.
     pub trusted: bool,
@@ -156,33 +186,26 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
     for name in lookalikes {
         headers.remove(name);
     }
-    let ip = client.ip.to_canonical();
-    let ip_text = ip.to_string();
-    let mut element = match ip {
-        IpAddr::V4(v4) => format!("for={v4}"),
-        // RFC 7239 §6: IPv6 addresses are bracketed and the value quoted.
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
-    };
-    element.push_str(";proto=");
-    element.push_str(client.proto);
+    let seen = client.client;
     let host = client.host.and_then(|h| h.to_str().ok());
-    if let Some(host) = host {
-        element.push_str(";host=");
-        element.push_str(&forwarded_value(host));
-    }
+    let element = match host {
+        Some(host) => format!("{};host={}", seen.element, forwarded_value(host)),
+        None => seen.element.clone(),
+    };
     if client.trusted {
-        append_list(headers, X_FORWARDED_FOR, &ip_text);
+        append_list(headers, X_FORWARDED_FOR, ip_text(seen));
         append_list(headers, header::FORWARDED, &element);
-        let port = client.port.to_string();
-        let proto = client.proto;
         for (name, value) in [
-            (X_FORWARDED_PROTO, Some(proto)),
-            (X_FORWARDED_HOST, host),
-            (X_FORWARDED_PORT, Some(port.as_str())),
-            (X_REAL_IP, Some(ip_text.as_str())),
+            (
+                X_FORWARDED_PROTO,
+                Some(HeaderValue::from_static(seen.proto)),
+            ),
+            (X_FORWARDED_HOST, host.map(header_value)),
+            (X_FORWARDED_PORT, Some(seen.port.clone())),
+            (X_REAL_IP, Some(seen.ip.clone())),
         ] {
             if let (false, Some(value)) = (headers.contains_key(&name), value) {
-                headers.insert(name, header_value(value));
+                headers.insert(name, value);
             }
         }
         return;
@@ -195,14 +218,19 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
     for name in forged {
         headers.remove(name);
     }
-    headers.insert(X_FORWARDED_FOR, header_value(&ip_text));
-    headers.insert(X_REAL_IP, header_value(&ip_text));
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
-    headers.insert(X_FORWARDED_PORT, header_value(&client.port.to_string()));
+    headers.insert(X_FORWARDED_FOR, seen.ip.clone());
+    headers.insert(X_REAL_IP, seen.ip.clone());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(seen.proto));
+    headers.insert(X_FORWARDED_PORT, seen.port.clone());
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, header_value(host));
     }
     headers.insert(header::FORWARDED, header_value(&element));
+}
+
+fn ip_text(seen: &ClientForwarding) -> &str {
+    // Made from an address: always visible ASCII.
+    seen.ip.to_str().unwrap_or_default()
 }
 
 /// Appends `value` to the comma-separated list in `name` (several lines
@@ -297,11 +325,10 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
         let host = HeaderValue::from_static("app.test:8080");
+        let seen = ClientForwarding::new("::1".parse().unwrap(), "http", 8080);
         let client = ClientInfo {
-            ip: "::1".parse().unwrap(),
-            proto: "http",
+            client: &seen,
             host: Some(&host),
-            port: 8080,
             trusted: false,
         };
         set_forwarded(&mut h, &client);
@@ -316,11 +343,10 @@ mod tests {
     #[test]
     fn ipv4_mapped_addresses_are_shown_as_ipv4() {
         let mut h = HeaderMap::new();
+        let seen = ClientForwarding::new("::ffff:10.1.2.3".parse().unwrap(), "https", 443);
         let client = ClientInfo {
-            ip: "::ffff:10.1.2.3".parse().unwrap(),
-            proto: "https",
+            client: &seen,
             host: None,
-            port: 443,
             trusted: false,
         };
         set_forwarded(&mut h, &client);
@@ -347,11 +373,10 @@ mod tests {
             }
             h
         };
+        let seen = ClientForwarding::new("10.0.0.9".parse().unwrap(), "https", 8443);
         let client = |trusted| ClientInfo {
-            ip: "10.0.0.9".parse().unwrap(),
-            proto: "https",
+            client: &seen,
             host: None,
-            port: 8443,
             trusted,
         };
         let mut h = headers();

@@ -74,12 +74,19 @@ where
     let client = Arc::new(client);
     let peer = client.peer;
     let (io, findings) = framing::Tapped::new(io, timeouts.client_write);
+    // Held by the service, which hyper drops at an upgrade: a websocket
+    // does not keep it.
+    let forwarding = Arc::new(headers::ClientForwarding::new(
+        client.peer.ip(),
+        client.proto,
+        client.local.port(),
+    ));
     let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         // In request order: what the tap saw of this request's head.
         if let Some(fault) = findings.next_request() {
             request.extensions_mut().insert(fault);
         }
-        proxy::handle(request, client.clone(), shared.clone())
+        proxy::handle(request, client.clone(), forwarding.clone(), shared.clone())
     });
     let mut builder = http1::Builder::new();
     builder

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::body::{self, Counted, Observed, ResponseBody};
 use super::error::ProxyError;
 use super::framing::FramingFault;
-use super::headers::{self, ClientInfo};
+use super::headers::{self, ClientForwarding, ClientInfo};
 use super::learn_sid::LearnSid;
 use super::record::{self, Exchange};
 use super::send::send_with_retries;
@@ -50,13 +50,23 @@ impl From<ProxyError> for Failure {
 pub async fn handle(
     request: Request<Incoming>,
     client: Arc<ClientConnection>,
+    forwarding: Arc<ClientForwarding>,
     shared: Arc<Shared>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let snapshot = shared.snapshot();
     let started = Instant::now();
     let mut exchange = Exchange::start(request.method().clone(), request.uri().path().to_owned());
     let listener = &client.listener;
-    let response = match forward(request, &client, &snapshot, &shared, &mut exchange).await {
+    let response = match forward(
+        request,
+        &client,
+        &forwarding,
+        &snapshot,
+        &shared,
+        &mut exchange,
+    )
+    .await
+    {
         Ok(response) => {
             tracing::debug!(
                 listener = %listener, client = %client.peer, method = %exchange.method(),
@@ -110,6 +120,7 @@ fn error_response(error: &ProxyError) -> Response<ResponseBody> {
 async fn forward(
     mut request: Request<Incoming>,
     client: &Arc<ClientConnection>,
+    forwarding: &ClientForwarding,
     snapshot: &Snapshot,
     shared: &Shared,
     exchange: &mut Exchange,
@@ -159,8 +170,13 @@ async fn forward(
         client.peer.ip(),
         &|address| pool.position_of(address),
     );
-    let (mut upstream_request, upload) =
-        rewrite_request(request, client, host.as_deref(), &upgrades, trusted)?;
+    let (mut upstream_request, upload) = rewrite_request(
+        request,
+        client,
+        host.as_deref(),
+        &upgrades,
+        (forwarding, trusted),
+    )?;
     if let Some(sticky) = &pool.sticky {
         sticky.strip_request(upstream_request.headers_mut());
     }
@@ -325,7 +341,7 @@ fn rewrite_request(
     client: &ClientConnection,
     host: Option<&str>,
     upgrades: &[String],
-    trusted: bool,
+    (forwarding, trusted): (&ClientForwarding, bool),
 ) -> Result<(Request<UpstreamBody>, Option<watch::Receiver<u64>>), ProxyError> {
     let (mut parts, body) = request.into_parts();
     // Servers get origin-form (`/path?query`) even if the client sent absolute-form.
@@ -362,10 +378,8 @@ fn rewrite_request(
     }
     let original_host = parts.headers.get(header::HOST).cloned();
     let info = ClientInfo {
-        ip: client.peer.ip(),
-        proto: client.proto,
+        client: forwarding,
         host: original_host.as_ref(),
-        port: client.local.port(),
         trusted,
     };
     headers::set_forwarded(&mut parts.headers, &info);

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use tokio::sync::watch;
@@ -24,7 +24,7 @@ use super::error::ProxyError;
 use crate::config::{PoolTimeouts, ProxyVersion};
 use crate::proxy_protocol;
 use crate::sticky::Affinity;
-use crate::upstream::h1::{self, Failed};
+use crate::upstream::h1::{self, Failed, RequestHead};
 use crate::upstream::{
     ActiveGuard, Outcome, Pool, Server, ServerBody, ServerConnection, UpstreamBody, connect_http,
 };
@@ -50,8 +50,11 @@ pub async fn send_with_retries(
             ProxyVersion::V1 => proxy_protocol::encode_v1(client.0, client.1),
             ProxyVersion::V2 => proxy_protocol::encode_v2(client.0, client.1),
         });
-    let replay = Replay::of(&request);
-    let mut request = Some(request);
+    let (parts, body) = request.into_parts();
+    let head = RequestHead::encode(&parts.method, &parts.uri, &parts.headers);
+    let replayable = replayable(&parts.method, &body);
+    // The request while no byte of it has gone anywhere.
+    let mut unsent = Some(body);
     let mut failed: Vec<SocketAddr> = Vec::new();
     let mut last_failure = None;
     for _ in 0..=pool.config.retries {
@@ -62,10 +65,7 @@ pub async fn send_with_retries(
                 return Err(last_failure.unwrap_or((ProxyError::Unavailable(unavailable), None)));
             }
         };
-        let Some(attempt) = request
-            .take()
-            .or_else(|| replay.as_ref().map(Replay::request))
-        else {
+        let Some(attempt) = unsent.take().or_else(|| replayable.then(no_body)) else {
             break;
         };
         let server = guard.server().clone();
@@ -73,7 +73,8 @@ pub async fn send_with_retries(
             timeouts: &pool.config.timeouts,
             upload: upload.clone(),
             min_upload_rate: pool.config.min_upload_rate,
-            replay: replay.as_ref(),
+            head: &head,
+            replayable,
             proxy_header: proxy_header.as_deref(),
         };
         server.metrics.requests.inc();
@@ -92,7 +93,10 @@ pub async fn send_with_retries(
                 pool.record_outcome(&server, outcome, status.as_str());
                 return Ok((response, guard));
             }
-            Err(SendError { error, unsent }) => {
+            Err(SendError {
+                error,
+                unsent: returned,
+            }) => {
                 let outcome = match error {
                     // wharf's own trouble (out of descriptors): nobody's fault
                     // but ours, and another server would fare no better.
@@ -108,7 +112,7 @@ pub async fn send_with_retries(
                     return Err((error, Some(server.address)));
                 };
                 pool.record_outcome(&server, outcome, &error.to_string());
-                let retry = unsent.is_some() || (replay.is_some() && error.may_retry());
+                let retry = returned.is_some() || (replayable && error.may_retry());
                 failed.push(server.address);
                 if retry {
                     server.metrics.retries.inc();
@@ -121,7 +125,7 @@ pub async fn send_with_retries(
                 if !retry {
                     break;
                 }
-                request = unsent.map(|r| *r);
+                unsent = returned;
             }
         }
     }
@@ -131,48 +135,25 @@ pub async fn send_with_retries(
     )))
 }
 
-/// What it takes to send an idempotent, bodiless request again.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
+/// Whether the request can be sent again after a failure that may have
+/// reached the server: idempotent and bodiless, so that replaying it cannot
+/// do anything twice.
+fn replayable(method: &Method, body: &UpstreamBody) -> bool {
+    let idempotent = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    idempotent && body.is_end_stream()
 }
 
-impl Replay {
-    fn of(request: &Request<UpstreamBody>) -> Option<Replay> {
-        let idempotent = matches!(
-            *request.method(),
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        );
-        (idempotent && request.body().is_end_stream()).then(|| Replay {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            headers: request.headers().clone(),
-        })
-    }
-
-    fn request(&self) -> Request<UpstreamBody> {
-        let mut request = Request::new(Either::Right(Empty::<Bytes>::new()));
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers.clone();
-        request
-    }
+fn no_body() -> UpstreamBody {
+    Either::Right(Empty::<Bytes>::new())
 }
 
 struct SendError {
     error: ProxyError,
-    /// The request, when no byte of it was sent.
-    /// Boxed: a request head is large and errors travel far.
-    unsent: Option<Box<Request<UpstreamBody>>>,
+    /// The request's body, when no byte of the request was sent.
+    unsent: Option<UpstreamBody>,
 }
 
 /// How one request is sent.
@@ -182,8 +163,10 @@ struct Sending<'a> {
     upload: Option<watch::Receiver<u64>>,
     /// Bytes per second the body must average over each `upload_idle`.
     min_upload_rate: u64,
-    /// A copy to send again, if the request is idempotent and bodiless.
-    replay: Option<&'a Replay>,
+    /// The request head, the same for every attempt.
+    head: &'a RequestHead,
+    /// Whether the request is idempotent and bodiless.
+    replayable: bool,
     /// The PROXY header that starts every connection, when the pool sends
     /// one (such pools keep no idle connections: see `upstream::Server::configure`).
     proxy_header: Option<&'a [u8]>,
@@ -196,21 +179,19 @@ struct Sending<'a> {
 /// safe (it was not sent, or it can be replayed).
 async fn send(
     server: &Arc<Server>,
-    request: Request<UpstreamBody>,
+    body: UpstreamBody,
     sending: Sending<'_>,
 ) -> Result<Response<ServerBody>, SendError> {
-    let mut request = request;
+    let mut body = body;
     if let Some(connection) = server.idle.take() {
-        match send_on(connection, request, server, &sending).await {
+        match send_on(connection, body, server, &sending).await {
             Ok(response) => return Ok(response),
             Err(SendError {
                 unsent: Some(unsent),
                 ..
-            }) => request = *unsent,
-            Err(e) => match sending.replay {
-                Some(replay) if e.error.may_retry() => request = replay.request(),
-                _ => return Err(e),
-            },
+            }) => body = unsent,
+            Err(e) if sending.replayable && e.error.may_retry() => body = no_body(),
+            Err(e) => return Err(e),
         }
     }
     let connect = connect_http(
@@ -223,16 +204,16 @@ async fn send(
         Err(e) => {
             return Err(SendError {
                 error: ProxyError::Connect(e),
-                unsent: Some(Box::new(request)),
+                unsent: Some(body),
             });
         }
     };
-    send_on(connection, request, server, &sending).await
+    send_on(connection, body, server, &sending).await
 }
 
 async fn send_on(
     connection: ServerConnection,
-    request: Request<UpstreamBody>,
+    body: UpstreamBody,
     server: &Arc<Server>,
     sending: &Sending<'_>,
 ) -> Result<Response<ServerBody>, SendError> {
@@ -241,7 +222,7 @@ async fn send_on(
         error: ProxyError::ResponseTimeout(response_timeout),
         unsent: None,
     };
-    let response = h1::send(connection, request, Some(server.clone()));
+    let response = h1::send(connection, sending.head, body, Some(server.clone()));
     tokio::pin!(response);
     // While the body uploads, it must bring `min_upload_rate` bytes a second
     // over every `upload_idle` (and at least one byte): a client that

@@ -18,8 +18,8 @@ use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
-use http::{Method, Request, Response, StatusCode, header};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Response, StatusCode, Uri, header};
 use http_body::Body as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -73,11 +73,31 @@ impl ServerError {
     }
 }
 
-/// Why a request failed, and the request itself when no byte of it was sent.
+/// Why a request failed, and its body when no byte of the request was sent.
 pub struct Failed {
     pub error: SendError,
-    /// Boxed: a request head is large and errors travel far.
-    pub unsent: Option<Box<Request<UpstreamBody>>>,
+    /// The request body, unread, when the request can go elsewhere whole.
+    pub unsent: Option<UpstreamBody>,
+}
+
+/// A request head encoded once: every attempt, on any server of the pool,
+/// sends the same bytes (nothing in them names the server).
+pub struct RequestHead {
+    bytes: Bytes,
+    chunked: bool,
+    head_request: bool,
+}
+
+impl RequestHead {
+    pub fn encode(method: &Method, uri: &Uri, headers: &HeaderMap) -> Self {
+        let mut bytes = BytesMut::new();
+        head::encode_request(method, uri, headers, &mut bytes);
+        RequestHead {
+            bytes: bytes.freeze(),
+            chunked: headers.contains_key(header::TRANSFER_ENCODING),
+            head_request: method == Method::HEAD,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,40 +188,31 @@ impl ServerConnection {
 /// tunnel instead ([`ServerBody::into_upgraded`]).
 pub async fn send(
     mut connection: ServerConnection,
-    request: Request<UpstreamBody>,
+    head: &RequestHead,
+    body: UpstreamBody,
     server: Option<Arc<Server>>,
 ) -> Result<Response<ServerBody>, Failed> {
-    let mut head = BytesMut::new();
-    head::encode_request(
-        request.method(),
-        request.uri(),
-        request.headers(),
-        &mut head,
-    );
-    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
-    let head_request = request.method() == Method::HEAD;
     let failed = |error: SendError| Failed {
         error,
         unsent: None,
     };
     // Nothing reached the server if the first write fails.
-    let written = match connection.stream.write(&head).await {
+    let written = match connection.stream.write(&head.bytes).await {
         Ok(written) => written,
         Err(e) => {
             return Err(Failed {
                 error: SendError::Server(ServerError::Write(e)),
-                unsent: Some(Box::new(request)),
+                unsent: Some(body),
             });
         }
     };
     connection
         .stream
-        .write_all(&head[written..])
+        .write_all(&head.bytes[written..])
         .await
         .map_err(|e| failed(ServerError::Write(e).into()))?;
 
-    let body = request.into_body();
-    let mut upload = (!body.is_end_stream()).then(|| Uploading::new(body, chunked));
+    let mut upload = (!body.is_end_stream()).then(|| Uploading::new(body, head.chunked));
     // A body the server stopped reading leaves the connection's framing unknown.
     let mut upload_failed = false;
     let response_head = std::future::poll_fn(|cx| {
@@ -220,7 +231,7 @@ pub async fn send(
             }
         }
         connection
-            .poll_head(cx, head_request)
+            .poll_head(cx, head.head_request)
             .map_err(SendError::Server)
     })
     .await
