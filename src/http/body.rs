@@ -143,10 +143,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> Watched<B> {
-    pub fn new(inner: B, idle: Duration, server: SocketAddr) -> Self {
+    /// `since`: any past instant (the timer is set at the first wait; this
+    /// spares reading the clock for bodies that never wait).
+    pub fn new(inner: B, idle: Duration, server: SocketAddr, since: std::time::Instant) -> Self {
         Watched {
             inner,
-            timer: tokio::time::sleep(idle),
+            timer: tokio::time::sleep_until(Instant::from_std(since)),
             idle,
             waiting: false,
             server,

@@ -99,6 +99,9 @@ pub struct ClientForwarding {
     port: HeaderValue,
     /// `for=...;proto=...`: this hop's `Forwarded` element without the host.
     element: String,
+    /// The last `Host` seen and the `Forwarded` element made with it: a
+    /// connection's requests nearly always name the same host.
+    last: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
 }
 
 impl ClientForwarding {
@@ -116,7 +119,27 @@ impl ClientForwarding {
             proto,
             port: HeaderValue::from(port),
             element,
+            last: std::sync::Mutex::new(None),
         }
+    }
+
+    /// This hop's `Forwarded` element, with `host` if the client named one.
+    fn element(&self, host: Option<&HeaderValue>) -> HeaderValue {
+        let Some(host) = host else {
+            return header_value(&self.element);
+        };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, element)) = last.as_ref()
+            && seen == host
+        {
+            return element.clone();
+        }
+        let element = match host.to_str() {
+            Ok(text) => header_value(&format!("{};host={}", self.element, forwarded_value(text))),
+            Err(_) => header_value(&self.element),
+        };
+        *last = Some((host.clone(), element.clone()));
+        element
     }
 }
 
@@ -187,20 +210,22 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
         headers.remove(name);
     }
     let seen = client.client;
-    let host = client.host.and_then(|h| h.to_str().ok());
-    let element = match host {
-        Some(host) => format!("{};host={}", seen.element, forwarded_value(host)),
-        None => seen.element.clone(),
-    };
+    // A `Host` that is not visible ASCII was refused before this point.
+    let host = client.host.filter(|h| h.to_str().is_ok());
+    let element = seen.element(host);
     if client.trusted {
         append_list(headers, X_FORWARDED_FOR, ip_text(seen));
-        append_list(headers, header::FORWARDED, &element);
+        append_list(
+            headers,
+            header::FORWARDED,
+            element.to_str().unwrap_or_default(),
+        );
         for (name, value) in [
             (
                 X_FORWARDED_PROTO,
                 Some(HeaderValue::from_static(seen.proto)),
             ),
-            (X_FORWARDED_HOST, host.map(header_value)),
+            (X_FORWARDED_HOST, host.cloned()),
             (X_FORWARDED_PORT, Some(seen.port.clone())),
             (X_REAL_IP, Some(seen.ip.clone())),
         ] {
@@ -223,9 +248,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(seen.proto));
     headers.insert(X_FORWARDED_PORT, seen.port.clone());
     if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST, header_value(host));
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    headers.insert(header::FORWARDED, header_value(&element));
+    headers.insert(header::FORWARDED, element);
 }
 
 fn ip_text(seen: &ClientForwarding) -> &str {
@@ -338,6 +363,26 @@ mod tests {
             h[header::FORWARDED],
             "for=\"[::1]\";proto=http;host=\"app.test:8080\""
         );
+    }
+
+    #[test]
+    fn each_request_gets_its_own_host_though_the_connection_remembers_the_last() {
+        let seen = ClientForwarding::new("10.0.0.9".parse().unwrap(), "http", 80);
+        for host in ["a.test", "b.test", "b.test", "a.test"] {
+            let value = HeaderValue::from_static(host);
+            let mut h = HeaderMap::new();
+            let client = ClientInfo {
+                client: &seen,
+                host: Some(&value),
+                trusted: false,
+            };
+            set_forwarded(&mut h, &client);
+            assert_eq!(
+                h[header::FORWARDED],
+                format!("for=10.0.0.9;proto=http;host={host}")
+            );
+            assert_eq!(h["x-forwarded-host"], host);
+        }
     }
 
     #[test]

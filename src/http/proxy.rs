@@ -54,8 +54,8 @@ pub async fn handle(
     shared: Arc<Shared>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let snapshot = shared.snapshot();
-    let started = Instant::now();
     let mut exchange = Exchange::start(request.method().clone(), request.uri().path().to_owned());
+    let started = exchange.started();
     let listener = &client.listener;
     let response = match forward(
         request,
@@ -242,7 +242,12 @@ async fn forward(
     headers::remove_hop_by_hop(&mut parts.headers);
     // nginx's `proxy_read_timeout`: the response timeout also bounds each
     // silence of the server inside the body.
-    let watched = body::Watched::new(incoming, pool.config.timeouts.response, server_address);
+    let watched = body::Watched::new(
+        incoming,
+        pool.config.timeouts.response,
+        server_address,
+        sent_at,
+    );
     let counted = Observed::new(watched, Counted(Some(guard)));
     let body = if affinity.engine_io_handshake && parts.status.is_success() {
         Observed::new(counted, LearnSid::new(pool.clone(), server_address)).boxed()
@@ -355,12 +360,19 @@ fn rewrite_request(
     // The target host replaces `Host` (absolute-form, RFC 9112 §3.2.2); an
     // HTTP/1.0 request without one gets the address it was sent to, since
     // the server will see HTTP/1.1, which requires a Host.
-    let host = match host {
-        Some(host) => host.to_owned(),
-        None => client.local.to_string(),
-    };
-    let host = HeaderValue::from_str(&host).map_err(|_| ProxyError::BadRequest("invalid Host"))?;
-    parts.headers.insert(header::HOST, host);
+    // Room for the forwarding headers, in one growth of the map at most.
+    let _ = parts.headers.try_reserve(8);
+    let unchanged = host.is_some_and(|host| {
+        parts.headers.get(header::HOST).map(HeaderValue::as_bytes) == Some(host.as_bytes())
+    });
+    if !unchanged {
+        let host = match host {
+            Some(host) => HeaderValue::from_str(host),
+            None => HeaderValue::from_str(&client.local.to_string()),
+        };
+        let host = host.map_err(|_| ProxyError::BadRequest("invalid Host"))?;
+        parts.headers.insert(header::HOST, host);
+    }
     let wants_trailers = headers::accepts_trailers(&parts.headers);
     headers::remove_hop_by_hop(&mut parts.headers);
     if wants_trailers {

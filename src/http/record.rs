@@ -45,6 +45,10 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     pub fn start(method: Method, path: String) -> Exchange {
         Exchange {
             started: Instant::now(),

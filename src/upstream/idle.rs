@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::ServerConnection as Connection;
 
@@ -20,7 +20,7 @@ struct Idle {
     max: usize,
     idle_timeout: Duration,
     /// Most recently used at the back: reused first, as it is the most likely alive.
-    connections: VecDeque<(Connection, Instant)>,
+    connections: VecDeque<(Connection, Duration)>,
 }
 
 impl IdlePool {
@@ -48,9 +48,9 @@ impl IdlePool {
     pub fn take(&self) -> Option<Connection> {
         let mut idle = self.lock();
         let idle_timeout = idle.idle_timeout;
-        let now = Instant::now();
+        let now = coarse_now();
         while let Some((connection, since)) = idle.connections.pop_back() {
-            if now.duration_since(since) < idle_timeout && connection.is_alive() {
+            if now.saturating_sub(since) < idle_timeout && connection.is_alive() {
                 return Some(connection);
             }
         }
@@ -67,16 +67,16 @@ impl IdlePool {
             // The oldest is the least likely to be reused in time.
             idle.connections.pop_front();
         }
-        idle.connections.push_back((connection, Instant::now()));
+        idle.connections.push_back((connection, coarse_now()));
     }
 
     /// Closes connections idle for longer than the timeout or closed by the server.
     pub fn expire(&self) {
-        let now = Instant::now();
+        let now = coarse_now();
         let mut idle = self.lock();
         let idle_timeout = idle.idle_timeout;
         idle.connections.retain(|(connection, since)| {
-            now.duration_since(*since) < idle_timeout && connection.is_alive()
+            now.saturating_sub(*since) < idle_timeout && connection.is_alive()
         });
     }
 
@@ -97,4 +97,12 @@ impl IdlePool {
         // A panic while holding this lock cannot leave the deque inconsistent.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The monotonic clock to a few milliseconds (the kernel's tick), read
+/// without a system call and for less than `Instant::now`: it stamps every
+/// connection taken and returned, and idle timeouts are seconds.
+fn coarse_now() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }

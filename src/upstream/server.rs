@@ -39,6 +39,9 @@ pub struct Server {
     serving: AtomicBool,
     /// Whether an ejection may be in force; lets the request path skip the lock.
     maybe_ejected: AtomicBool,
+    /// A failure streak or an ejection is on record, which a success must
+    /// clear under the lock; otherwise a success skips the lock.
+    passive_record: AtomicBool,
     /// When set, tunnels to this server must end by this instant (drain);
     /// `tunnels` cuts those still open then.
     drain_deadline: Mutex<Option<Instant>>,
@@ -79,6 +82,7 @@ impl Server {
             state: Mutex::new(ServerState::default()),
             serving: AtomicBool::new(true),
             maybe_ejected: AtomicBool::new(false),
+            passive_record: AtomicBool::new(false),
             drain_deadline: Mutex::new(None),
             released,
             settings: ArcSwap::new(config.clone()),
@@ -177,10 +181,15 @@ impl Server {
     /// `may_eject` says whether its pool can spare it (see
     /// [`super::Pool::record_outcome`]).
     pub fn record_outcome(&self, outcome: Outcome, cause: &str, may_eject: impl FnOnce() -> bool) {
+        if outcome == Outcome::Success && !self.passive_record.load(Ordering::Relaxed) {
+            return;
+        }
         let policy = self.settings.load().ejection;
-        let change = self
-            .lock()
-            .record_outcome(outcome, &policy, Instant::now(), cause, may_eject);
+        let mut state = self.lock();
+        let change = state.record_outcome(outcome, &policy, Instant::now(), cause, may_eject);
+        self.passive_record
+            .store(!state.passive_clean(), Ordering::Relaxed);
+        drop(state);
         if let Some(change) = change {
             self.metrics.ejections.inc();
             self.maybe_ejected.store(true, Ordering::Relaxed);

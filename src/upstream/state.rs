@@ -240,6 +240,13 @@ impl ServerState {
         }
     }
 
+    /// No failure streak and no ejection on record: a success changes nothing.
+    pub fn passive_clean(&self) -> bool {
+        self.consecutive_connect_failures == 0
+            && self.consecutive_server_errors == 0
+            && self.ejected_until.is_none()
+    }
+
     fn eject(&mut self, policy: &EjectionPolicy, now: Instant, cause: &str) -> Change {
         let doublings = self.ejections.min(16);
         let time = policy

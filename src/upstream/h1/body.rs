@@ -40,7 +40,7 @@ pub struct ServerBody {
     /// server or was closed).
     connection: Option<ServerConnection>,
     /// The rest of the request body, when the server answered before its end.
-    upload: Option<Uploading>,
+    upload: Option<Box<Uploading>>,
     /// Whether the connection may carry another request once the body is read.
     reusable: bool,
     /// The server whose idle pool takes the connection back, if any.
@@ -50,7 +50,7 @@ pub struct ServerBody {
 impl ServerBody {
     pub(super) fn new(
         connection: ServerConnection,
-        upload: Option<Uploading>,
+        upload: Option<Box<Uploading>>,
         framing: Framing,
         reusable: bool,
         server: Option<Arc<Server>>,

@@ -212,7 +212,8 @@ pub async fn send(
         .await
         .map_err(|e| failed(ServerError::Write(e).into()))?;
 
-    let mut upload = (!body.is_end_stream()).then(|| Uploading::new(body, head.chunked));
+    // Boxed: rare, and the response (which carries it) moves several times.
+    let mut upload = (!body.is_end_stream()).then(|| Box::new(Uploading::new(body, head.chunked)));
     // A body the server stopped reading leaves the connection's framing unknown.
     let mut upload_failed = false;
     let response_head = std::future::poll_fn(|cx| {
