@@ -714,6 +714,11 @@ const BAD_RESPONSES: &[(&str, &[u8])] = &[
         "invalid Content-Length",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok",
     ),
+    // RFC 9112 §6.1: its framing is faulty (hyper refused it too).
+    (
+        "HTTP/1.0 with Transfer-Encoding",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
