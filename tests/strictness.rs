@@ -714,6 +714,11 @@ const BAD_RESPONSES: &[(&str, &[u8])] = &[
         "invalid Content-Length",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok",
     ),
+    // RFC 9112 §6.1: its framing is faulty (hyper refused it too).
+    (
+        "HTTP/1.0 with Transfer-Encoding",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -743,6 +748,46 @@ async fn malformed_responses_become_502_and_their_connection_is_dropped() {
             ));
         }
         eprintln!("| response: {name} | {} |", response.status);
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Chunked response bodies wharf must not take for well framed: the client
+/// never gets the terminating chunk, and the server connection is dropped.
+const BAD_CHUNKED_BODIES: &[(&str, &[u8])] = &[
+    ("no chunk size", b"5\r\nhello\r\n\r\n\r\n"),
+    ("blanks for a chunk size", b"5\r\nhello\r\n \r\n\r\n"),
+    ("an extension with no size", b"5\r\nhello\r\n;x\r\n\r\n"),
+    ("bare LF in an extension", b"5;a\nb\r\nhello\r\n0\r\n\r\n"),
+    ("bad size", b"zz\r\nhello\r\n0\r\n\r\n"),
+    ("no CRLF after the data", b"5\r\nhelloXX\r\n0\r\n\r\n"),
+    ("size overflow", b"ffffffffffffffffff\r\nx\r\n0\r\n\r\n"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_chunked_responses_are_cut_and_their_connection_dropped() {
+    let mut wrong = Vec::new();
+    for (name, body) in BAD_CHUNKED_BODIES {
+        let mut response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        response.extend_from_slice(body);
+        let server = RawServer::start(Box::leak(response.into_boxed_slice()), false).await;
+        let (_wharf, addr) = wharf_for(
+            &[server.addr],
+            "timeouts = { server_idle = \"60s\" }\nejection = { server_errors = 0 }",
+        )
+        .await;
+        let mut client = RawClient::connect(addr).await;
+        client
+            .send(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+            .await;
+        let (bytes, closed) = client.read_until_closed(Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&bytes);
+        let dropped = server.wait_dropped(1, Duration::from_secs(5)).await;
+        if !closed || text.ends_with("0\r\n\r\n") || !dropped {
+            wrong.push(format!(
+                "{name}: {text:?} (closed: {closed}, server connection dropped: {dropped})"
+            ));
+        }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

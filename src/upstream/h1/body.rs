@@ -155,6 +155,16 @@ impl Body for ServerBody {
                     }
                 }
                 State::ChunkSize => match httparse::parse_chunk_size(&connection.buf) {
+                    // httparse takes a line without digits for size 0, and a
+                    // bare LF inside an extension: hyper refused both, as
+                    // parsers that disagree on where a chunk ends are how
+                    // responses are smuggled.
+                    Ok(httparse::Status::Complete((used, _)))
+                        if !connection.buf[0].is_ascii_hexdigit()
+                            || connection.buf[..used - 2].contains(&b'\n') =>
+                    {
+                        return this.fail(ServerError::BadChunk);
+                    }
                     Ok(httparse::Status::Complete((used, size))) => {
                         let _ = connection.buf.split_to(used);
                         this.state = match size {

@@ -93,7 +93,7 @@ pub fn parse_response(
     let (at, count) = locate(buf, response.headers);
     let head = buf.split_to(length).freeze();
     let headers = build_headers(&head, &at[..count])?;
-    let framing = framing(status, &headers, head_request)?;
+    let framing = framing(status, version, &headers, head_request)?;
     let keep_alive = framing != Framing::UntilClose && keeps_alive(version, &headers);
     Ok(Some(ResponseHead {
         status,
@@ -154,6 +154,7 @@ fn build_headers(head: &Bytes, fields: &[FieldAt]) -> Result<HeaderMap, ServerEr
 /// where a response ends.
 fn framing(
     status: StatusCode,
+    version: Version,
     headers: &HeaderMap,
     head_request: bool,
 ) -> Result<Framing, ServerError> {
@@ -167,6 +168,12 @@ fn framing(
     if coding.is_some() && codings.next().is_some() {
         return Err(ServerError::Framing(
             "Transfer-Encoding sent more than once",
+        ));
+    }
+    // RFC 9112 §6.1: an HTTP/1.0 message's framing is faulty with one.
+    if coding.is_some() && version == Version::HTTP_10 {
+        return Err(ServerError::Framing(
+            "Transfer-Encoding in an HTTP/1.0 response",
         ));
     }
     if coding.is_some() && length.is_some() {
@@ -302,6 +309,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(
                 parse(bad, false).is_err(),

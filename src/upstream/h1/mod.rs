@@ -132,17 +132,12 @@ impl ServerConnection {
 
     /// Whether an idle connection is still open with nothing unasked on it.
     /// No system call unless the reactor saw the socket become readable
-    /// (the server closed it, or sent bytes nobody asked for).
+    /// (the server closed it, or sent bytes nobody asked for). Not
+    /// `poll_read_ready`: it draws on the task's coop budget, and says
+    /// `Pending` (alive) for a closed socket once that is spent.
     pub fn is_alive(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Reads until a final response head (interim 1xx heads other than 101
@@ -250,4 +245,28 @@ pub async fn send(
     *response.version_mut() = response_head.version;
     *response.headers_mut() = response_head.headers;
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task may look at many idle connections in one poll (a server that
+    /// restarted closed them all): each closed one must be seen as closed,
+    /// however much of the task's coop budget is left.
+    #[tokio::test]
+    async fn is_alive_sees_every_closed_connection_in_one_poll() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connections = Vec::new();
+        for _ in 0..200 {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            drop(listener.accept().await.unwrap());
+            // The reactor has seen the server's close.
+            stream.readable().await.unwrap();
+            connections.push(ServerConnection::new(stream));
+        }
+        let alive = connections.iter().filter(|c| c.is_alive()).count();
+        assert_eq!(alive, 0, "closed connections taken for alive");
+    }
 }
