@@ -122,6 +122,30 @@ pub struct ServerConnection {
     buf: BytesMut,
 }
 
+/// Moves the request body on while the response head is awaited; `Err`
+/// only for a client whose body failed. A server that stopped reading may
+/// still have answered: the upload ends, marked failed.
+fn advance(
+    upload: &mut Option<Box<Uploading>>,
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+    failed: &mut bool,
+) -> Result<(), SendError> {
+    let Some(sending) = upload.as_mut() else {
+        return Ok(());
+    };
+    match sending.poll_send(stream, cx) {
+        Poll::Ready(Ok(())) => *upload = None,
+        Poll::Ready(Err(SendError::ClientBody(e))) => return Err(SendError::ClientBody(e)),
+        Poll::Ready(Err(SendError::Server(_))) => {
+            *upload = None;
+            *failed = true;
+        }
+        Poll::Pending => {}
+    }
+    Ok(())
+}
+
 impl ServerConnection {
     pub fn new(stream: TcpStream) -> Self {
         ServerConnection {
@@ -211,20 +235,27 @@ pub async fn send(
     let mut upload = (!body.is_end_stream()).then(|| Box::new(Uploading::new(body, head.chunked)));
     // A body the server stopped reading leaves the connection's framing unknown.
     let mut upload_failed = false;
+    if upload.is_some() {
+        std::future::poll_fn(|cx| {
+            Poll::Ready(advance(
+                &mut upload,
+                &mut connection.stream,
+                cx,
+                &mut upload_failed,
+            ))
+        })
+        .await
+        .map_err(failed)?;
+        // hyper answers a client's `Expect: 100-continue` when its body is
+        // first asked for, but on the connection's next turn: let that turn
+        // come before a response head can be read, or a server that answers
+        // at once (an echo) gets its head to the client before the 100, and
+        // the client, still waiting for the 100, never sends the body.
+        tokio::task::yield_now().await;
+    }
     let response_head = std::future::poll_fn(|cx| {
-        if let Some(sending) = upload.as_mut() {
-            match sending.poll_send(&mut connection.stream, cx) {
-                Poll::Ready(Ok(())) => upload = None,
-                Poll::Ready(Err(SendError::ClientBody(e))) => {
-                    return Poll::Ready(Err(SendError::ClientBody(e)));
-                }
-                // The server stopped reading: it may still have answered.
-                Poll::Ready(Err(SendError::Server(_))) => {
-                    upload = None;
-                    upload_failed = true;
-                }
-                Poll::Pending => {}
-            }
+        if let Err(e) = advance(&mut upload, &mut connection.stream, cx, &mut upload_failed) {
+            return Poll::Ready(Err(e));
         }
         connection
             .poll_head(cx, head.head_request)
