@@ -167,6 +167,29 @@ async fn post_that_reached_a_server_is_never_retried() {
     assert_eq!(a.requests() + b.requests(), 1, "a POST was sent twice");
 }
 
+/// A GET may go again after its connection failed under it, but not once
+/// the server has answered anything (an interim 100, part of a head): the
+/// server acted on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_began_answering_is_not_sent_the_request_again() {
+    for answer in [
+        &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Le",
+    ] {
+        let a = RawServer::start(answer, true).await;
+        let b = RawServer::start(answer, true).await;
+        let (_wharf, addr) = wharf_for(&[a.addr, b.addr], "retries = 1").await;
+        let reply = get(addr, "app.test", "/").await;
+        assert_plain_text_error(&reply, 502);
+        assert_eq!(
+            a.accepted() + b.accepted(),
+            1,
+            "sent again after {:?}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_server_response_gives_502() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -160,7 +160,8 @@ impl Body for ServerBody {
                     // parsers that disagree on where a chunk ends are how
                     // responses are smuggled.
                     Ok(httparse::Status::Complete((used, _)))
-                        if !connection.buf[0].is_ascii_hexdigit()
+                        if used > MAX_CHUNK_LINE
+                            || !connection.buf[0].is_ascii_hexdigit()
                             || connection.buf[..used - 2].contains(&b'\n') =>
                     {
                         return this.fail(ServerError::BadChunk);

@@ -43,6 +43,8 @@ pub enum ServerError {
     ClosedInHead,
     #[error("reading from the server: {0}")]
     Read(#[source] io::Error),
+    #[error("reading the server's response head: {0}")]
+    ReadInHead(#[source] io::Error),
     #[error("writing to the server: {0}")]
     Write(#[source] io::Error),
     #[error("response head too large (over {} bytes)", super::MAX_RESPONSE_HEAD)]
@@ -120,6 +122,8 @@ impl From<ServerError> for SendError {
 pub struct ServerConnection {
     stream: TcpStream,
     buf: BytesMut,
+    /// The server sent an interim answer to the request in flight.
+    answered: bool,
 }
 
 /// Moves the request body on while the response head is awaited; `Err`
@@ -151,6 +155,7 @@ impl ServerConnection {
         ServerConnection {
             stream,
             buf: BytesMut::new(),
+            answered: false,
         }
     }
 
@@ -177,15 +182,22 @@ impl ServerConnection {
             {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
                 {
+                    self.answered = true;
                     continue;
                 }
                 return Poll::Ready(Ok(head));
             }
-            if std::task::ready!(self.poll_fill(cx))? == 0 {
-                return Poll::Ready(Err(match self.buf.is_empty() {
-                    true => ServerError::ClosedBeforeResponse,
-                    false => ServerError::ClosedInHead,
-                }));
+            // Once the server has sent anything (an interim answer, part of a
+            // head), it has acted on the request: its failure is not retried.
+            let answered = self.answered || !self.buf.is_empty();
+            match std::task::ready!(self.poll_fill(cx)) {
+                Ok(0) if answered => return Poll::Ready(Err(ServerError::ClosedInHead)),
+                Ok(0) => return Poll::Ready(Err(ServerError::ClosedBeforeResponse)),
+                Ok(_) => {}
+                Err(ServerError::Read(e)) if answered => {
+                    return Poll::Ready(Err(ServerError::ReadInHead(e)));
+                }
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -232,6 +244,7 @@ pub async fn send(
         .map_err(|e| failed(ServerError::Write(e).into()))?;
 
     // Boxed: rare, and the response (which carries it) moves several times.
+    connection.answered = false;
     let mut upload = (!body.is_end_stream()).then(|| Box::new(Uploading::new(body, head.chunked)));
     // A body the server stopped reading leaves the connection's framing unknown.
     let mut upload_failed = false;
