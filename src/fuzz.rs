@@ -1,8 +1,9 @@
 //! Property-based fuzzing, on stable Rust, of every parser that reads bytes
 //! a peer chose: the protocol sniffer, the PROXY v1/v2 parser, the
 //! ClientHello reader, the config loader, the Engine.IO handshake reader,
-//! the request framing tap, path normalisation and the WebSocket frame
-//! tracker.
+//! the request framing tap, path normalisation, the WebSocket frame
+//! tracker, and the server response head parser and body decoder of wharf's
+//! HTTP/1.1 client.
 //!
 //! Each target runs `PROPTEST_CASES` inputs (default 256, a second or two in
 //! `cargo test`); for a long run:
@@ -401,6 +402,175 @@ mod frame {
             prop_assert_eq!(found, starts);
             let seen: Vec<Seen> = decisions.frames.iter().filter_map(|(_, step)| Seen::of(step)).collect();
             prop_assert_eq!(seen, expected(&specs));
+        }
+    }
+}
+
+/// wharf's HTTP/1.1 client reading what a server sent (`upstream::h1`).
+mod server_response {
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::upstream::MAX_RESPONSE_HEAD;
+    use crate::upstream::h1::decode::{Decoder, Step};
+    use crate::upstream::h1::head::{Framing, parse_response};
+
+    fn valid_head() -> impl Strategy<Value = Vec<u8>> {
+        let status = prop_oneof![
+            Just(200u16),
+            Just(204),
+            Just(304),
+            Just(101),
+            Just(100),
+            100..600u16
+        ];
+        let framing = prop_oneof![
+            Just(String::new()),
+            (0..100_000u64).prop_map(|n| format!("Content-Length: {n}\r\n")),
+            Just("Transfer-Encoding: chunked\r\n".to_owned()),
+        ];
+        let fields = proptest::collection::vec("[A-Za-z-]{1,12}: [ -~]{0,20}", 0..6);
+        (
+            prop_oneof![Just("1.1"), Just("1.0")],
+            status,
+            framing,
+            fields,
+        )
+            .prop_map(|(version, status, framing, fields)| {
+                let mut head = format!("HTTP/{version} {status} Reason\r\n{framing}");
+                for field in fields {
+                    head.push_str(&field);
+                    head.push_str("\r\n");
+                }
+                head.push_str("\r\n");
+                head.into_bytes()
+            })
+    }
+
+    /// A chunked body of `pieces`, with extensions on some size lines and
+    /// the given trailer fields.
+    fn chunked(pieces: &[Vec<u8>], extension: bool, trailers: &[(String, String)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let ext = if extension && i % 2 == 0 {
+                ";name=value"
+            } else {
+                ""
+            };
+            body.extend_from_slice(format!("{:X}{ext}\r\n", piece.len()).as_bytes());
+            body.extend_from_slice(piece);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers {
+            body.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        body
+    }
+
+    /// Feeds `bytes` to a decoder in the pieces `cuts` make; the data, the
+    /// trailers, and whether it ended (`Err` with the error's text).
+    #[allow(clippy::type_complexity)]
+    fn feed(
+        framing: Framing,
+        bytes: &[u8],
+        cuts: &[usize],
+    ) -> Result<(Vec<u8>, Option<usize>, bool), String> {
+        let mut decoder = Decoder::new(framing);
+        let mut buf = BytesMut::new();
+        let (mut data, mut trailers, mut ended) = (Vec::new(), None, false);
+        let mut bounds: Vec<usize> = cuts.to_vec();
+        bounds.push(bytes.len());
+        bounds.sort_unstable();
+        let mut from = 0;
+        for to in bounds {
+            buf.extend_from_slice(&bytes[from..to]);
+            from = to;
+            loop {
+                match decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+                    Step::Data(piece) => {
+                        assert!(!piece.is_empty(), "an empty data frame");
+                        data.extend_from_slice(&piece);
+                    }
+                    Step::Trailers(fields) => trailers = Some(fields.len()),
+                    Step::End => {
+                        ended = true;
+                        break;
+                    }
+                    Step::NeedMore => {
+                        // Nothing held past the bounds of a size line or a
+                        // trailer section.
+                        assert!(buf.len() < MAX_RESPONSE_HEAD, "{} bytes held", buf.len());
+                        break;
+                    }
+                }
+            }
+            if ended {
+                break;
+            }
+        }
+        Ok((data, trailers, ended))
+    }
+
+    proptest! {
+        #[test]
+        fn response_heads_are_parsed_or_refused_and_every_prefix_waits(
+            bytes in prop_oneof![protocol_bytes(300), valid_head(), valid_head().prop_flat_map(mutated)],
+            head_request in any::<bool>(),
+        ) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            if let Ok(Some(head)) = parse_response(&mut buf, head_request) {
+                let used = bytes.len() - buf.len();
+                prop_assert!(used > 0 && head.headers.len() <= 100);
+                if head_request || head.status == 204 || head.status == 304 {
+                    prop_assert_eq!(head.framing, Framing::Empty);
+                }
+                if head.framing == Framing::UntilClose {
+                    prop_assert!(!head.keep_alive);
+                }
+                for cut in 0..used {
+                    let mut prefix = BytesMut::from(&bytes[..cut]);
+                    prop_assert!(matches!(parse_response(&mut prefix, head_request), Ok(None)), "prefix of {}", cut);
+                    prop_assert_eq!(prefix.len(), cut);
+                }
+            }
+        }
+
+        #[test]
+        fn chunked_bodies_decode_alike_however_they_are_split(
+            pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 0..8),
+            extension in any::<bool>(),
+            trailers in proptest::collection::vec(("[a-z]{1,8}", "[ -~]{0,12}"), 0..3),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let body = chunked(&pieces, extension, &trailers);
+            let cuts = cut_points(body.len(), cuts);
+            let every_byte: Vec<usize> = (1..body.len()).collect();
+            let want = (pieces.concat(), (!trailers.is_empty()).then_some(trailers.len()), true);
+            prop_assert_eq!(feed(Framing::Chunked, &body, &[]), Ok(want.clone()));
+            prop_assert_eq!(feed(Framing::Chunked, &body, &cuts), Ok(want.clone()));
+            prop_assert_eq!(feed(Framing::Chunked, &body, &every_byte), Ok(want));
+        }
+
+        #[test]
+        fn any_body_bytes_are_decided_alike_however_they_are_split(
+            bytes in prop_oneof![
+                protocol_bytes(400),
+                (proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..4), any::<bool>())
+                    .prop_flat_map(|(pieces, ext)| mutated(chunked(&pieces, ext, &[]))),
+            ],
+            framing in prop_oneof![Just(Framing::Chunked), (0..500u64).prop_map(Framing::Length), Just(Framing::UntilClose)],
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let cuts = cut_points(bytes.len(), cuts);
+            let whole = feed(framing, &bytes, &[]);
+            prop_assert_eq!(feed(framing, &bytes, &cuts), whole.clone());
+            if let Framing::Length(length) = framing {
+                let (data, _, ended) = whole.expect("a sized body is never malformed");
+                prop_assert_eq!(data.len() as u64, length.min(bytes.len() as u64));
+                prop_assert_eq!(ended, bytes.len() as u64 >= length);
+            }
         }
     }
 }

@@ -10,32 +10,16 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::head::{self, Framing};
+use super::decode::{Decoder, Step};
+use super::head::Framing;
 use super::upload::Uploading;
 use super::{SendError, ServerConnection, ServerError};
 use crate::upstream::Server;
 
-/// The longest chunk-size line (with extensions) wharf reads.
-const MAX_CHUNK_LINE: usize = 4096;
-
-#[derive(Debug, Clone, Copy)]
-enum State {
-    /// Bytes of a `Content-Length` body still to come.
-    Length(u64),
-    ChunkSize,
-    /// Bytes of the current chunk still to come.
-    ChunkData(u64),
-    /// The CRLF after a chunk's data.
-    ChunkEnd,
-    Trailers,
-    UntilClose,
-    Done,
-}
-
 /// The body of a response, read from its server connection as the client
 /// takes it.
 pub struct ServerBody {
-    state: State,
+    decoder: Decoder,
     /// `None` once the body is finished (the connection went back to its
     /// server or was closed).
     connection: Option<ServerConnection>,
@@ -55,20 +39,14 @@ impl ServerBody {
         reusable: bool,
         server: Option<Arc<Server>>,
     ) -> Self {
-        let state = match framing {
-            Framing::Empty => State::Done,
-            Framing::Length(length) => State::Length(length),
-            Framing::Chunked => State::ChunkSize,
-            Framing::UntilClose => State::UntilClose,
-        };
         let mut body = ServerBody {
-            state,
+            decoder: Decoder::new(framing),
             connection: Some(connection),
             upload,
             reusable,
             server,
         };
-        if matches!(body.state, State::Done) && reusable {
+        if body.decoder.is_done() && reusable {
             body.finish();
         }
         body
@@ -84,7 +62,6 @@ impl ServerBody {
     /// The body is read: a reusable connection with nothing unread goes back
     /// to its server, unless the server stopped serving meanwhile.
     fn finish(&mut self) {
-        self.state = State::Done;
         let Some(connection) = self.connection.take() else {
             return;
         };
@@ -101,7 +78,6 @@ impl ServerBody {
     }
 
     fn fail(&mut self, error: ServerError) -> Poll<Option<Result<Frame<Bytes>, ServerError>>> {
-        self.state = State::Done;
         self.connection = None;
         self.upload = None;
         Poll::Ready(Some(Err(error)))
@@ -135,94 +111,33 @@ impl Body for ServerBody {
                     Poll::Pending => {}
                 }
             }
-            // Whether the buffered bytes cannot advance the state: read more.
-            let starved = match this.state {
-                State::Done => return Poll::Ready(None),
-                State::Length(remaining) | State::ChunkData(remaining) => {
-                    if connection.buf.is_empty() {
-                        true
-                    } else {
-                        let take = remaining.min(connection.buf.len() as u64);
-                        let data = connection.buf.split_to(take as usize).freeze();
-                        let left = remaining - take;
-                        match this.state {
-                            State::Length(_) if left == 0 => this.finish(),
-                            State::Length(_) => this.state = State::Length(left),
-                            _ if left == 0 => this.state = State::ChunkEnd,
-                            _ => this.state = State::ChunkData(left),
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                State::ChunkSize => match httparse::parse_chunk_size(&connection.buf) {
-                    // httparse takes a line without digits for size 0, and a
-                    // bare LF inside an extension: hyper refused both, as
-                    // parsers that disagree on where a chunk ends are how
-                    // responses are smuggled.
-                    Ok(httparse::Status::Complete((used, _)))
-                        if used > MAX_CHUNK_LINE
-                            || !connection.buf[0].is_ascii_hexdigit()
-                            || connection.buf[..used - 2].contains(&b'\n') =>
-                    {
-                        return this.fail(ServerError::BadChunk);
-                    }
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        let _ = connection.buf.split_to(used);
-                        this.state = match size {
-                            0 => State::Trailers,
-                            size => State::ChunkData(size),
-                        };
-                        false
-                    }
-                    Ok(httparse::Status::Partial) if connection.buf.len() > MAX_CHUNK_LINE => {
-                        return this.fail(ServerError::BadChunk);
-                    }
-                    Ok(httparse::Status::Partial) => true,
-                    Err(_) => return this.fail(ServerError::BadChunk),
-                },
-                State::ChunkEnd => match connection.buf.get(..2) {
-                    None if connection.buf.first().is_none_or(|&b| b == b'\r') => true,
-                    Some(b"\r\n") => {
-                        let _ = connection.buf.split_to(2);
-                        this.state = State::ChunkSize;
-                        false
-                    }
-                    _ => return this.fail(ServerError::BadChunk),
-                },
-                State::Trailers => {
-                    if connection.buf.starts_with(b"\r\n") {
-                        let _ = connection.buf.split_to(2);
+            match this.decoder.decode(&mut connection.buf) {
+                Ok(Step::Data(data)) => {
+                    if this.decoder.is_done() {
                         this.finish();
-                        return Poll::Ready(None);
                     }
-                    match head::parse_trailers(&mut connection.buf) {
-                        Ok(Some(trailers)) => {
-                            this.finish();
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                        }
-                        Ok(None) => true,
-                        Err(error) => return this.fail(error),
-                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                State::UntilClose => {
-                    if connection.buf.is_empty() {
-                        true
-                    } else {
-                        let data = connection.buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
+                Ok(Step::Trailers(trailers)) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
-            };
-            if !starved {
-                continue;
-            }
-            match ready!(connection.poll_fill(cx)) {
-                Ok(0) if matches!(this.state, State::UntilClose) => {
-                    this.state = State::Done;
-                    this.connection = None;
+                Ok(Step::End) => {
+                    this.finish();
                     return Poll::Ready(None);
                 }
-                Ok(0) => return this.fail(ServerError::BodyCut),
+                Ok(Step::NeedMore) => {}
+                Err(error) => return this.fail(error),
+            }
+            match ready!(connection.poll_fill(cx)) {
+                Ok(0) => match this.decoder.at_close() {
+                    // Delimited by the close: nothing to reuse.
+                    Ok(_) => {
+                        this.connection = None;
+                        return Poll::Ready(None);
+                    }
+                    Err(error) => return this.fail(error),
+                },
                 Ok(_) => {}
                 Err(error) => return this.fail(error),
             }
@@ -230,14 +145,13 @@ impl Body for ServerBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done)
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Done => SizeHint::with_exact(0),
-            State::Length(remaining) => SizeHint::with_exact(remaining),
-            _ => SizeHint::default(),
+        match self.decoder.remaining() {
+            Some(remaining) => SizeHint::with_exact(remaining),
+            None => SizeHint::default(),
         }
     }
 }

@@ -8,10 +8,12 @@
 //! client ran every server connection in a task of its own, reached through
 //! channels: each request crossed tasks four times and spawned a fifth to
 //! return the connection. Measured with `bench/run --only http` (one core):
-//! see the commit that introduced this module for the figures.
+//! HTTP requests per proxy CPU-second went from 0.75x HAProxy's to 0.84x,
+//! user time per request from about 6.5 us to 5 us.
 
 mod body;
-mod head;
+pub(crate) mod decode;
+pub(crate) mod head;
 mod upload;
 
 use std::io;
