@@ -313,6 +313,14 @@ fn request_host(request: &Request<Incoming>) -> Result<Option<String>, ProxyErro
 
 /// `host[:port]` with no user info, path or spaces.
 fn valid_host(host: &str) -> Result<String, ProxyError> {
+    if !is_plain_host(host) {
+        check_authority(host)?;
+    }
+    Ok(host.to_owned())
+}
+
+/// Any other `host[:port]`, an IP literal say, checked as an authority.
+fn check_authority(host: &str) -> Result<(), ProxyError> {
     let invalid = ProxyError::BadRequest("invalid Host");
     let authority: Authority = host.parse().map_err(|_| invalid)?;
     if authority.host().is_empty() || host.contains('@') || authority.as_str() != host {
@@ -328,7 +336,24 @@ fn valid_host(host: &str) -> Result<String, ProxyError> {
     }) {
         return Err(ProxyError::BadRequest("invalid Host port"));
     }
-    Ok(host.to_owned())
+    Ok(())
+}
+
+/// A name of letters, digits, dots and hyphens with at most a numeric
+/// port: nearly every Host, and valid without parsing it as an authority
+/// (which copies it; that showed in profiles of the request path).
+fn is_plain_host(host: &str) -> bool {
+    let (name, port) = match host.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && port.is_none_or(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+        })
 }
 
 /// The upgrades the client asked for that the route allows; `h2c` never, as
@@ -409,4 +434,41 @@ fn rewrite_request(
         Request::from_parts(parts, Either::Left(upload)),
         Some(progress),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The shortcut never lets through a Host the full check refuses.
+        #[test]
+        fn a_plain_host_is_a_valid_authority(host in "[a-zA-Z0-9.:@\\[\\]_-]{0,14}") {
+            if is_plain_host(&host) {
+                prop_assert!(check_authority(&host).is_ok(), "{}", host);
+            }
+        }
+    }
+
+    #[test]
+    fn plain_hosts_and_others() {
+        for plain in [
+            "app.test",
+            "app.test:8080",
+            "127.0.0.1:21010",
+            "a-b.c",
+            "x:0",
+        ] {
+            assert!(is_plain_host(plain), "{plain}");
+        }
+        for other in [
+            "", ":80", "a:", "a:b", "a:65536", "[::1]:80", "a@b", "a b", "a_b",
+        ] {
+            assert!(!is_plain_host(other), "{other}");
+        }
+        assert!(valid_host("[::1]:80").is_ok());
+        assert!(valid_host("a:65536").is_err());
+    }
 }
