@@ -12,8 +12,8 @@ use tokio::net::TcpStream;
 
 use super::decode::{Decoder, Step};
 use super::head::Framing;
-use super::upload::Uploading;
-use super::{SendError, ServerConnection, ServerError};
+use super::upload::{Uploading, advance};
+use super::{ServerConnection, ServerError};
 use crate::upstream::Server;
 
 /// The body of a response, read from its server connection as the client
@@ -46,6 +46,8 @@ impl ServerBody {
             reusable,
             server,
         };
+        // Bodiless and reusable: the connection goes back at once. (A 101
+        // is never reusable; its connection stays here for the tunnel.)
         if body.decoder.is_done() && reusable {
             body.finish();
         }
@@ -97,20 +99,12 @@ impl Body for ServerBody {
             let Some(connection) = this.connection.as_mut() else {
                 return Poll::Ready(None);
             };
-            if let Some(upload) = this.upload.as_mut() {
-                match upload.poll_send(&mut connection.stream, cx) {
-                    Poll::Ready(Ok(())) => this.upload = None,
-                    Poll::Ready(Err(SendError::ClientBody(e))) => {
-                        return this.fail(ServerError::RequestBody(e));
-                    }
-                    // The server stopped reading the request: its answer goes on.
-                    Poll::Ready(Err(SendError::Server(_))) => {
-                        this.upload = None;
-                        this.reusable = false;
-                    }
-                    Poll::Pending => {}
-                }
+            // A server that stopped reading the request goes on answering.
+            let mut stopped = false;
+            if let Err(e) = advance(&mut this.upload, &mut connection.stream, cx, &mut stopped) {
+                return this.fail(ServerError::RequestBody(e));
             }
+            this.reusable &= !stopped;
             match this.decoder.decode(&mut connection.buf) {
                 Ok(Step::Data(data)) => {
                     if this.decoder.is_done() {

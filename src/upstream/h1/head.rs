@@ -25,6 +25,12 @@ pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap, out: &mut
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
+    encode_fields(headers, out);
+}
+
+/// Writes each field as `name: value` and the blank line that ends a
+/// head or a chunked body's trailer section.
+pub fn encode_fields(headers: &HeaderMap, out: &mut BytesMut) {
     for (name, value) in headers {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");

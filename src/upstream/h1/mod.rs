@@ -27,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 pub use body::ServerBody;
-use upload::Uploading;
+use upload::{Uploading, advance};
 
 use super::{Server, UpstreamBody};
 
@@ -124,32 +124,6 @@ impl From<ServerError> for SendError {
 pub struct ServerConnection {
     stream: TcpStream,
     buf: BytesMut,
-    /// The server sent an interim answer to the request in flight.
-    answered: bool,
-}
-
-/// Moves the request body on while the response head is awaited; `Err`
-/// only for a client whose body failed. A server that stopped reading may
-/// still have answered: the upload ends, marked failed.
-fn advance(
-    upload: &mut Option<Box<Uploading>>,
-    stream: &mut TcpStream,
-    cx: &mut Context<'_>,
-    failed: &mut bool,
-) -> Result<(), SendError> {
-    let Some(sending) = upload.as_mut() else {
-        return Ok(());
-    };
-    match sending.poll_send(stream, cx) {
-        Poll::Ready(Ok(())) => *upload = None,
-        Poll::Ready(Err(SendError::ClientBody(e))) => return Err(SendError::ClientBody(e)),
-        Poll::Ready(Err(SendError::Server(_))) => {
-            *upload = None;
-            *failed = true;
-        }
-        Poll::Pending => {}
-    }
-    Ok(())
 }
 
 impl ServerConnection {
@@ -157,7 +131,6 @@ impl ServerConnection {
         ServerConnection {
             stream,
             buf: BytesMut::new(),
-            answered: false,
         }
     }
 
@@ -172,11 +145,12 @@ impl ServerConnection {
     }
 
     /// Reads until a final response head (interim 1xx heads other than 101
-    /// are skipped, as hyper did).
+    /// are skipped, as hyper did, and noted in `answered`).
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
         head_request: bool,
+        answered: &mut bool,
     ) -> Poll<Result<head::ResponseHead, ServerError>> {
         loop {
             if !self.buf.is_empty()
@@ -184,14 +158,14 @@ impl ServerConnection {
             {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
                 {
-                    self.answered = true;
+                    *answered = true;
                     continue;
                 }
                 return Poll::Ready(Ok(head));
             }
             // Once the server has sent anything (an interim answer, part of a
             // head), it has acted on the request: its failure is not retried.
-            let answered = self.answered || !self.buf.is_empty();
+            let answered = *answered || !self.buf.is_empty();
             match std::task::ready!(self.poll_fill(cx)) {
                 Ok(0) if answered => return Poll::Ready(Err(ServerError::ClosedInHead)),
                 Ok(0) => return Poll::Ready(Err(ServerError::ClosedBeforeResponse)),
@@ -246,7 +220,6 @@ pub async fn send(
         .map_err(|e| failed(ServerError::Write(e).into()))?;
 
     // Boxed: rare, and the response (which carries it) moves several times.
-    connection.answered = false;
     let mut upload = (!body.is_end_stream()).then(|| Box::new(Uploading::new(body, head.chunked)));
     // A body the server stopped reading leaves the connection's framing unknown.
     let mut upload_failed = false;
@@ -260,7 +233,7 @@ pub async fn send(
             ))
         })
         .await
-        .map_err(failed)?;
+        .map_err(|e| failed(SendError::ClientBody(e)))?;
         // hyper answers a client's `Expect: 100-continue` when its body is
         // first asked for, but on the connection's next turn: let that turn
         // come before a response head can be read, or a server that answers
@@ -268,12 +241,14 @@ pub async fn send(
         // the client, still waiting for the 100, never sends the body.
         tokio::task::yield_now().await;
     }
+    // Whether the server has sent anything yet (an interim answer).
+    let mut answered = false;
     let response_head = std::future::poll_fn(|cx| {
         if let Err(e) = advance(&mut upload, &mut connection.stream, cx, &mut upload_failed) {
-            return Poll::Ready(Err(e));
+            return Poll::Ready(Err(SendError::ClientBody(e)));
         }
         connection
-            .poll_head(cx, head.head_request)
+            .poll_head(cx, head.head_request, &mut answered)
             .map_err(SendError::Server)
     })
     .await

@@ -14,7 +14,8 @@ use http_body::Body;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::{SendError, ServerError};
+use super::head::encode_fields;
+use super::{BoxError, SendError, ServerError};
 use crate::upstream::UpstreamBody;
 
 /// The most pieces written in one system call (a chunk is three).
@@ -97,13 +98,7 @@ impl Uploading {
             return;
         }
         let mut last = BytesMut::from(&b"0\r\n"[..]);
-        for (name, value) in self.trailers.iter().flatten() {
-            last.extend_from_slice(name.as_str().as_bytes());
-            last.extend_from_slice(b": ");
-            last.extend_from_slice(value.as_bytes());
-            last.extend_from_slice(b"\r\n");
-        }
-        last.extend_from_slice(b"\r\n");
+        encode_fields(&self.trailers.take().unwrap_or_default(), &mut last);
         self.out.push_back(last.freeze());
     }
 
@@ -120,4 +115,29 @@ impl Uploading {
             self.out.pop_front();
         }
     }
+}
+
+/// Moves the request body on, if it is still uploading; `Err` only for a
+/// client whose body failed. A server that stopped reading may still be
+/// answering: the upload ends, and `stopped` says the connection's framing
+/// is unknown.
+pub fn advance(
+    upload: &mut Option<Box<Uploading>>,
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+    stopped: &mut bool,
+) -> Result<(), BoxError> {
+    let Some(sending) = upload.as_mut() else {
+        return Ok(());
+    };
+    match sending.poll_send(stream, cx) {
+        Poll::Ready(Ok(())) => *upload = None,
+        Poll::Ready(Err(SendError::ClientBody(e))) => return Err(e),
+        Poll::Ready(Err(SendError::Server(_))) => {
+            *upload = None;
+            *stopped = true;
+        }
+        Poll::Pending => {}
+    }
+    Ok(())
 }
