@@ -6,7 +6,9 @@ mod support;
 use std::collections::HashSet;
 
 use http::{Method, Request, header};
-use support::{Backend, Client, full_body, get_request, one_pool_config, public, start_wharf};
+use support::{
+    Backend, Client, full_body, get_with, one_pool_config, public, set_cookie, start_wharf,
+};
 
 async fn three_backends() -> Vec<Backend> {
     vec![
@@ -18,26 +20,6 @@ async fn three_backends() -> Vec<Backend> {
 
 fn addrs(backends: &[Backend]) -> Vec<std::net::SocketAddr> {
     backends.iter().map(|b| b.addr).collect()
-}
-
-/// `name=value` of a `Set-Cookie` for `name`, if the reply has one.
-fn set_cookie(reply: &support::Reply, name: &str) -> Option<String> {
-    reply
-        .headers
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(|v| v.split(';').next().unwrap_or("").to_owned())
-}
-
-async fn get_with(client: &mut Client, path: &str, headers: &[(&str, &str)]) -> support::Reply {
-    let mut request = get_request("app.test", path);
-    for (name, value) in headers {
-        let name = header::HeaderName::from_bytes(name.as_bytes()).unwrap();
-        request.headers_mut().append(name, value.parse().unwrap());
-    }
-    client.request(request).await
 }
 
 #[tokio::test]

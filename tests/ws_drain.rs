@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
 use support::ws::{BackendConn, WsBackend, ws_config};
-use support::{RawClient, Running, WsClient, pattern, public, within, within_for};
+use support::{Running, WsClient, admin_post, pattern, public, within, within_for};
 
 const WINDOW: Duration = Duration::from_secs(2);
 /// Websockets on the drained server, and on the other one.
@@ -294,13 +294,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_server_closes_its_websockets_with_1001_spread_over_the_window() {
     drain_scenario("admin drain", true, |running, drained, _| async move {
-        let admin = running.admin_addr().expect("admin listener");
-        let mut client = RawClient::connect(admin).await;
-        let request = format!(
-            "POST /api/pools/web/servers/{drained}/drain HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
-        );
-        let response = client.request(request.as_bytes()).await;
-        assert_eq!(response.status, 200, "{}", response.text());
+        admin_post(&running, &format!("/api/pools/web/servers/{drained}/drain")).await;
         Some(running)
     })
     .await;

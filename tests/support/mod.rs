@@ -157,6 +157,18 @@ pub fn admin(running: &Running) -> SocketAddr {
     running.admin_addr().expect("an admin listener")
 }
 
+/// `POST path` on the admin listener (no token: loopback, with the JSON
+/// content type a state change needs); fails the test unless it answers 200.
+pub async fn admin_post(running: &Running, path: &str) {
+    let admin = admin(running);
+    let mut client = RawClient::connect(admin).await;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
+    );
+    let response = client.request(request.as_bytes()).await;
+    assert_eq!(response.status, 200, "{path}: {}", response.text());
+}
+
 /// The live state of server `addr` in pool `pool`.
 pub fn server_state(running: &Running, pool: &str, addr: SocketAddr) -> ServerState {
     let snapshot = running.shared().snapshot();
@@ -979,6 +991,27 @@ pub fn get_request(host: &str, path: &str) -> Request<TestBody> {
         .header(header::HOST, host)
         .body(empty_body())
         .expect("a valid request")
+}
+
+/// `name=value` of a `Set-Cookie` for `name`, if the reply has one.
+pub fn set_cookie(reply: &Reply, name: &str) -> Option<String> {
+    reply
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+}
+
+/// `GET path` (host `app.test`) with `headers` added, on `client`.
+pub async fn get_with(client: &mut Client, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = get_request("app.test", path);
+    for (name, value) in headers {
+        let name = header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        request.headers_mut().append(name, value.parse().unwrap());
+    }
+    client.request(request).await
 }
 
 /// Reads a response whole.
