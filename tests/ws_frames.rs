@@ -2,7 +2,7 @@
 //! on both sides, or hand-written frames where a library would refuse to
 //! misbehave): its own pings to a silent client, whose pongs the server never
 //! sees; a client that stops answering; `ws_max_message` (1009); protocol
-//! violations (1002); and messages, fragmented or large, arriving whole while
+//! violations (1002), from the client or from the server; and messages, fragmented or large, arriving whole while
 //! wharf inserts its frames between theirs.
 //!
 //! Everything listens on 127.0.0.1 port 0; every wait is bounded.
@@ -13,13 +13,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
-use support::ws::{WsBackend, client_frame, close_code, server_frames, ws_config};
+use support::ws::{WsBackend, client_frame, close_code, server_frame, server_frames, ws_config};
 use support::{RawClient, Running, pattern, public, start_wharf, within};
 
 type Client =
@@ -225,6 +226,76 @@ async fn protocol_violations_get_1002_both_ways() {
         assert!(
             others.iter().all(|f| *f == (true, 0x1, b"before".to_vec())),
             "{others:?}"
+        );
+    }
+}
+
+/// A backend that, on its `i`-th connection, answers the handshake, then
+/// writes a good text frame "before" and `bad[i]` behind it in one write,
+/// and reports the next message it reads (through tungstenite, which refuses
+/// an unmasked frame from its client).
+async fn violating_backend(
+    bad: Vec<Vec<u8>>,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Message>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for bad in bad {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
+                .await
+                .expect("server handshake");
+            // Under tungstenite, which has nothing of its own to write yet.
+            let raw = [server_frame(true, 0x1, b"before"), bad].concat();
+            ws.get_mut().write_all(&raw).await.expect("write frames");
+            let next = match ws.next().await {
+                Some(Ok(message)) => message,
+                other => panic!("the backend read {other:?}"),
+            };
+            let _ = tx.send(next);
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_protocol_violations_get_1002_both_ways() {
+    // A masked server frame (RFC 6455 §5.1: a server must not mask); a
+    // reserved data opcode (0x3); a reserved control opcode (0xB).
+    let masked = client_frame(true, 0x1, b"hi");
+    let reserved_data = server_frame(true, 0x3, b"hi");
+    let reserved_control = server_frame(true, 0xb, b"hi");
+    let (backend, mut reads) =
+        violating_backend(vec![masked, reserved_data, reserved_control]).await;
+    let running = wharf(backend, "").await;
+    for violation in ["masked", "reserved data opcode", "reserved control opcode"] {
+        let mut raw = raw_websocket(&running).await;
+        let (bytes, closed) = raw.read_until_closed(Duration::from_secs(8)).await;
+        assert!(closed, "{violation}: the client is disconnected");
+        // `server_frames` also fails on any masked frame reaching the client.
+        let frames = server_frames(&bytes);
+        let last = frames.last().expect("frames for the client");
+        assert_eq!(
+            (last.1, close_code(&last.2)),
+            (0x8, Some(1002)),
+            "{violation}: {frames:?}"
+        );
+        // The good frame before may reach the client; the bad one never does.
+        let others = &frames[..frames.len() - 1];
+        assert!(
+            others.iter().all(|f| *f == (true, 0x1, b"before".to_vec())),
+            "{violation}: {others:?}"
+        );
+        // The server got a close 1002 too, masked (tungstenite would refuse
+        // an unmasked one).
+        let close = within("the server's close", reads.recv())
+            .await
+            .expect("the backend reports");
+        assert_eq!(
+            close_code_of(&close),
+            Some(CloseCode::Protocol),
+            "{violation}: {close:?}"
         );
     }
 }

@@ -168,21 +168,35 @@ async fn serve_ws(stream: TcpStream, conns: mpsc::UnboundedSender<BackendConn>) 
 
 /// A masked client frame.
 pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    frame(fin, opcode, payload, Some([0x37, 0xfa, 0x21, 0x3d]))
+}
+
+/// An unmasked server frame.
+pub fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    frame(fin, opcode, payload, None)
+}
+
+fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let masked = if mask.is_some() { 0x80 } else { 0 };
     let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
     match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 0..=125 => frame.push(masked | len as u8),
         len @ 126..=0xffff => {
-            frame.push(0x80 | 126);
+            frame.push(masked | 126);
             frame.extend_from_slice(&(len as u16).to_be_bytes());
         }
         len => {
-            frame.push(0x80 | 127);
+            frame.push(masked | 127);
             frame.extend_from_slice(&(len as u64).to_be_bytes());
         }
     }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    match mask {
+        Some(mask) => {
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        }
+        None => frame.extend_from_slice(payload),
+    }
     frame
 }
 
