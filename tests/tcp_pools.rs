@@ -1,7 +1,7 @@
 //! TCP pools end to end: raw connections balanced round robin over real TCP
 //! servers, a dead server skipped, the tunnel's idle timeout, half-close in
-//! both directions, and a drained server's tunnels closed at its drain
-//! timeout. The client reaches the pool through a listener's `tcp_pool`
+//! both directions, and a drained server's tunnels closed at moments spread
+//! over its drain window, or at its drain timeout. The client reaches the pool through a listener's `tcp_pool`
 //! (bytes that are neither HTTP nor TLS).
 
 mod support;
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use support::{Backend, within};
+use support::{Backend, WAIT, within};
 
 // ------------------------------------------------------------------ helpers
 
@@ -445,4 +445,129 @@ async fn a_drained_server_tunnel_is_closed_at_drain_timeout() {
     // The tunnels on the other server are untouched.
     assert_eq!(round_trip(&mut on_other, b"AND\n").await, b"AND\n");
     assert_eq!(round_trip(&mut third, b"MORE\n").await, b"MORE\n");
+}
+
+/// When a drained server's tunnel closed, and how many echoes it carried
+/// after the drain began.
+struct Closed {
+    at: Duration,
+    echoes_after_drain: usize,
+}
+
+/// Round trips on `stream` every 50 ms, listening for the close in between,
+/// until wharf closes it: when (from `drain`'s instant, once set) and how
+/// many echoes came after it. Fails on a wrong echo or any unasked-for byte.
+fn echo_until_closed(
+    mut stream: TcpStream,
+    id: usize,
+    drain: watch::Receiver<Option<Instant>>,
+) -> JoinHandle<Closed> {
+    tokio::spawn(async move {
+        let closed = |echoes_after_drain| {
+            let began = drain.borrow().expect("closed only after the drain began");
+            Closed {
+                at: began.elapsed(),
+                echoes_after_drain,
+            }
+        };
+        let mut echoes_after_drain = 0;
+        // Bounded: 30 s at 50 ms a turn.
+        for turn in 0..600 {
+            let draining = drain.borrow().is_some();
+            let msg = format!("conn-{id}-{turn}\n");
+            let mut back = vec![0u8; msg.len()];
+            if stream.write_all(msg.as_bytes()).await.is_err() {
+                return closed(echoes_after_drain);
+            }
+            match tokio::time::timeout(WAIT, stream.read_exact(&mut back)).await {
+                Err(_) => panic!("connection {id}: no echo in {WAIT:?}"),
+                Ok(Err(_)) => return closed(echoes_after_drain),
+                Ok(Ok(_)) => assert_eq!(back, msg.as_bytes(), "connection {id}: the echo"),
+            }
+            echoes_after_drain += usize::from(draining);
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await {
+                Err(_) => {}
+                Ok(Ok(0)) | Ok(Err(_)) => return closed(echoes_after_drain),
+                Ok(Ok(n)) => panic!("connection {id}: unexpected bytes {:?}", &buf[..n]),
+            }
+        }
+        panic!("connection {id} still open after 30 s");
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_server_tunnels_are_closed_at_moments_spread_over_drain_window() {
+    const CONNECTIONS: usize = 40;
+    const WINDOW: Duration = Duration::from_secs(2);
+    let mut server = TcpServer::start(Behaviour::Echo).await;
+    // `[admin]` after the pool's lines: a table of its own at the top level.
+    let (running, _web) = start(
+        &[server.addr],
+        &support::with_admin(&format!("drain_window = \"{}ms\"", WINDOW.as_millis())),
+    )
+    .await;
+    let addr = support::public(&running);
+
+    let (drain_tx, drain_rx) = watch::channel(None);
+    let mut tasks = Vec::new();
+    for id in 0..CONNECTIONS {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let msg = format!("open-{id}\n");
+        assert_eq!(
+            round_trip(&mut stream, msg.as_bytes()).await,
+            msg.as_bytes()
+        );
+        tasks.push(echo_until_closed(stream, id, drain_rx.clone()));
+    }
+    assert_eq!(server.accepted(), CONNECTIONS);
+
+    drain_tx.send_replace(Some(Instant::now()));
+    support::admin_post(
+        &running,
+        &format!("/api/pools/legacy/servers/{}/drain", server.addr),
+    )
+    .await;
+
+    let mut closes = Vec::new();
+    for task in tasks {
+        closes.push(
+            within("a drained tunnel to close", task)
+                .await
+                .expect("client task"),
+        );
+    }
+    let mut times: Vec<Duration> = closes.iter().map(|c| c.at).collect();
+    let mut quarters = [0usize; 5];
+    for at in &times {
+        quarters[((at.as_secs_f64() / WINDOW.as_secs_f64() * 4.0) as usize).min(4)] += 1;
+    }
+    let echoes: usize = closes.iter().map(|c| c.echoes_after_drain).sum();
+    support::assert_spread_over(
+        WINDOW,
+        &mut times,
+        &format!("tcp pool drain: {CONNECTIONS} tunnels closed"),
+        &format!(
+            "per quarter of the window (and after) {quarters:?}; {echoes} echoes after the drain began"
+        ),
+    );
+    assert!(
+        quarters.iter().all(|&n| n <= CONNECTIONS / 2),
+        "no more than half of them in one quarter of the window: {quarters:?}"
+    );
+    // Until its moment, each tunnel carried bytes: those closed in the
+    // second half of the window echoed after the drain began.
+    for close in &closes {
+        if close.at > WINDOW / 2 {
+            assert!(
+                close.echoes_after_drain > 0,
+                "a tunnel closed at {:?} echoed nothing after the drain began",
+                close.at
+            );
+        }
+    }
+    assert!(
+        server.wait_all_closed(Duration::from_secs(5)).await,
+        "the server side of every tunnel is closed too"
+    );
 }

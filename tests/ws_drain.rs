@@ -20,7 +20,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
 use support::ws::{BackendConn, WsBackend, ws_config};
-use support::{Running, WsClient, admin_post, pattern, public, within, within_for};
+use support::{
+    Running, WsClient, admin_post, assert_spread_over, pattern, public, within, within_for,
+};
 
 const WINDOW: Duration = Duration::from_secs(2);
 /// Websockets on the drained server, and on the other one.
@@ -247,22 +249,11 @@ where
         times.push(end.at);
         echoes += end.echoes;
     }
-    times.sort_unstable();
-    let (first, median, last) = (times[0], times[times.len() / 2], times[times.len() - 1]);
-    eprintln!(
-        "{name}: {} websockets closed with 1001 over a {WINDOW:?} window: first {first:?}, median {median:?}, last {last:?}; {echoes} large/fragmented echoes checked",
-        times.len()
-    );
-    assert!(first < WINDOW / 5, "the first close comes early: {first:?}");
-    assert!(last > WINDOW * 3 / 4, "the last close comes late: {last:?}");
-    assert!(
-        last < WINDOW + Duration::from_secs(2),
-        "and not long after: {last:?}"
-    );
-    let mid = WINDOW / 2;
-    assert!(
-        median > mid - WINDOW / 5 && median < mid + WINDOW / 5,
-        "the median in the middle: {median:?}"
+    assert_spread_over(
+        WINDOW,
+        &mut times,
+        &format!("{name}: {ON_DRAINED} websockets closed with 1001"),
+        &format!("{echoes} large/fragmented echoes checked"),
     );
     assert!(echoes >= BUSY, "busy clients had messages echoed");
     // The server side got a 1001 close on every websocket.

@@ -199,6 +199,29 @@ pub async fn wait_for_health(
     }
 }
 
+/// Checks that the moments a drain closed things at (from its start) are
+/// spread over its `window`: the first early, the median in the middle, the
+/// last late but not long after, with tolerances for a busy machine. Prints
+/// `what`, those three figures and `details` first.
+pub fn assert_spread_over(window: Duration, times: &mut [Duration], what: &str, details: &str) {
+    times.sort_unstable();
+    let (first, median, last) = (times[0], times[times.len() / 2], times[times.len() - 1]);
+    eprintln!(
+        "{what} over a {window:?} window: first {first:?}, median {median:?}, last {last:?}; {details}"
+    );
+    assert!(first < window / 5, "the first close comes early: {first:?}");
+    assert!(last > window * 3 / 4, "the last close comes late: {last:?}");
+    assert!(
+        last < window + Duration::from_secs(2),
+        "and not long after: {last:?}"
+    );
+    let mid = window / 2;
+    assert!(
+        median > mid - window / 5 && median < mid + window / 5,
+        "the median in the middle: {median:?}"
+    );
+}
+
 /// An address on which nothing listens: a port bound then released.
 pub async fn refused_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
