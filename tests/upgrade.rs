@@ -1,7 +1,8 @@
 //! The real `wharf run` binary: a binary upgrade through `--upgrade-socket`
 //! refuses no connection and fails no request, and SIGTERM lets a slow
-//! request in flight finish before wharf exits 0; SIGUSR1 reopens the access
-//! log after rotation.
+//! request in flight finish before wharf exits 0; SIGHUP reloads the file (a
+//! broken one changes nothing and each mistake is logged with its place);
+//! SIGUSR1 reopens the access log after rotation.
 
 mod support;
 
@@ -20,12 +21,27 @@ struct Wharf(Child);
 
 impl Wharf {
     fn start(config: &std::path::Path, upgrade_socket: &std::path::Path) -> Wharf {
+        Wharf::spawn(config, upgrade_socket, Stdio::inherit())
+    }
+
+    /// As [`Wharf::start`], with its stderr (its log) written to `log`.
+    fn start_logging_to(
+        config: &std::path::Path,
+        upgrade_socket: &std::path::Path,
+        log: &std::path::Path,
+    ) -> Wharf {
+        let log = std::fs::File::create(log).expect("create the log file");
+        Wharf::spawn(config, upgrade_socket, Stdio::from(log))
+    }
+
+    fn spawn(config: &std::path::Path, upgrade_socket: &std::path::Path, stderr: Stdio) -> Wharf {
         let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
             .arg("run")
             .arg(config)
             .arg("--upgrade-socket")
             .arg(upgrade_socket)
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start wharf");
         Wharf(child)
@@ -33,6 +49,30 @@ impl Wharf {
 
     fn signal(&self, signal: Signal) {
         kill_process(Pid::from_child(&self.0), signal).expect("signal wharf");
+    }
+
+    /// Waits until the process catches `signal`: wharf installs its signal
+    /// handlers just after it starts serving, and until then SIGHUP, SIGUSR1
+    /// and SIGUSR2 would kill it. The kernel's `SigCgt` mask in
+    /// /proc/PID/status is the readiness signal.
+    async fn wait_until_catching(&self, signal: Signal) {
+        let status = format!("/proc/{}/status", self.0.id());
+        let bit = 1u64 << (signal.as_raw() - 1);
+        within("wharf to catch the signal", async {
+            loop {
+                let text = std::fs::read_to_string(&status).expect("wharf's /proc status");
+                let caught = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SigCgt:"))
+                    .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                    .expect("a SigCgt line");
+                if caught & bit != 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
     }
 
     /// Waits for the process to exit; its exit code.
@@ -218,6 +258,7 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
     let rotated = dir.0.join("access.log.1");
     std::fs::rename(&log, &rotated).unwrap();
     let logged_before = lines(&rotated).len();
+    wharf.wait_until_catching(Signal::USR1).await;
     wharf.signal(Signal::USR1);
     // The reopen happens before the next line; poll until a request lands in a new file.
     within("a line in the reopened file", async {
@@ -233,6 +274,96 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
     assert!(lines(&rotated).len() >= logged_before);
     assert!(lines(&rotated).iter().any(|l| l.contains("path=/before")));
     assert!(!lines(&log).iter().any(|l| l.contains("path=/before")));
+    wharf.signal(Signal::TERM);
+    assert_eq!(wharf.exit_code().await, Some(0));
+}
+
+/// A config with listener `public` on `bind`: `/b/` to pool `q` (server
+/// `b`) when there is one, everything else to pool `p` (server `a`); then
+/// `broken` lines at the end of pool `p`.
+fn routes_config(bind: SocketAddr, a: SocketAddr, b: Option<SocketAddr>, broken: &str) -> String {
+    let mut text =
+        format!("shutdown_timeout = \"10s\"\n[[listener]]\nname = \"public\"\nbind = \"{bind}\"\n");
+    if b.is_some() {
+        text.push_str("[[listener.route]]\npath_prefix = \"/b/\"\npool = \"q\"\n");
+    }
+    text.push_str(&format!(
+        "[[listener.route]]\npool = \"p\"\n[pool.p]\nservers = [\"{a}\"]\n{broken}"
+    ));
+    if let Some(b) = b {
+        text.push_str(&format!("[pool.q]\nservers = [\"{b}\"]\n"));
+    }
+    text
+}
+
+/// Whether `log` has `file:line:col: ` for line `line` of `wharf.toml`.
+fn names_place(log: &str, line: usize) -> bool {
+    let place = format!("wharf.toml:{line}:");
+    log.match_indices(&place).any(|(at, _)| {
+        let rest = &log[at + place.len()..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        digits > 0 && rest[digits..].starts_with(": ")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
+    let dir = TempDir::new("upgrade");
+    let a = Backend::normal("a").await;
+    let b = Backend::normal("b").await;
+    let (config, bind) = setup(&dir, &a).await;
+    let log_path = dir.0.join("wharf.stderr");
+    let wharf = Wharf::start_logging_to(&config, &dir.0.join("upgrade.sock"), &log_path);
+    wait_until_serving(bind).await;
+    wharf.wait_until_catching(Signal::HUP).await;
+    assert_eq!(get(bind, "app.test", "/b/x").await.text(), "a");
+
+    // A route to a second pool, in effect once wharf has read the file.
+    dir.write("wharf.toml", routes_config(bind, a.addr, Some(b.addr), ""));
+    wharf.signal(Signal::HUP);
+    let started = std::time::Instant::now();
+    within("the new route to answer", async {
+        while get(bind, "app.test", "/b/x").await.text() != "b" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    eprintln!(
+        "SIGHUP: the new route answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(get(bind, "app.test", "/").await.text(), "a");
+
+    // A file with two mistakes that also drops the new route: nothing of it
+    // is applied, and each mistake is logged with its place.
+    let broken = "balance = \"fastest\"\nretries = 99\n";
+    let text = routes_config(bind, a.addr, None, broken);
+    let line_of = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    let (balance_line, retries_line) = (line_of("balance"), line_of("retries"));
+    dir.write("wharf.toml", &text);
+    wharf.signal(Signal::HUP);
+    let log = within("the refused reload in the log", async {
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.matches("reload refused").count() >= 2 {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reload refused"))
+        .collect();
+    eprintln!("SIGHUP with a broken file logged:\n{}", refused.join("\n"));
+    assert!(
+        names_place(&log, balance_line) && names_place(&log, retries_line),
+        "every mistake as wharf.toml:line:col: (lines {balance_line} and {retries_line}): {refused:?}"
+    );
+    assert_eq!(get(bind, "app.test", "/b/x").await.text(), "b");
+    assert_eq!(get(bind, "app.test", "/").await.text(), "a");
+
     wharf.signal(Signal::TERM);
     assert_eq!(wharf.exit_code().await, Some(0));
 }
@@ -263,6 +394,7 @@ async fn sigusr2_starts_the_new_binary_which_takes_over() {
     let old = Wharf::start(&config, &dir.0.join("upgrade.sock"));
     let old_pid = old.0.id();
     wait_until_serving(bind).await;
+    old.wait_until_catching(Signal::USR2).await;
     old.signal(Signal::USR2);
     assert_eq!(
         old.exit_code().await,
