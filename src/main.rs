@@ -149,16 +149,19 @@ async fn run(
         }
         None => None,
     };
-    // systemd learns the new main process before the old one stops.
-    wharf::systemd::ready();
-    if let Some(channel) = channel {
-        channel.ready().context("telling the old wharf we serve")?;
-    }
+    // Signal handlers before anyone hears we are ready: from then on systemd
+    // may send ExecReload's SIGHUP (or an operator SIGUSR1/SIGUSR2), and a
+    // process that does not catch those yet is killed by them.
     reload_on_sighup(&running);
     if upgrade_socket.is_some() {
         upgrade_on_sigusr2();
     }
     reopen_access_log_on_sigusr1(&running);
+    // systemd learns the new main process before the old one stops.
+    wharf::systemd::ready();
+    if let Some(channel) = channel {
+        channel.ready().context("telling the old wharf we serve")?;
+    }
     let taken_over = async {
         match successor {
             Some(task) => {
@@ -268,19 +271,24 @@ fn upgrade_on_sigusr2() {
 }
 
 /// SIGUSR1 reopens the access log file (after log rotation moved it).
+/// Caught even without an access log: its default action would kill wharf
+/// (a logrotate `postrotate` signalling every wharf, say).
 fn reopen_access_log_on_sigusr1(running: &wharf::Running) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Some(access_log) = running.shared().access_log.clone() else {
-        return;
-    };
+    let access_log = running.shared().access_log.clone();
     let Ok(mut signals) = signal(SignalKind::user_defined1()) else {
         tracing::warn!("cannot listen for SIGUSR1; the access log will not be reopened");
         return;
     };
     tokio::spawn(async move {
         while signals.recv().await.is_some() {
-            tracing::info!("SIGUSR1: reopening the access log");
-            access_log.reopen();
+            match &access_log {
+                Some(access_log) => {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    access_log.reopen();
+                }
+                None => tracing::info!("SIGUSR1: no access log to reopen"),
+            }
         }
     });
 }

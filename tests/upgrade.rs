@@ -21,7 +21,7 @@ struct Wharf(Child);
 
 impl Wharf {
     fn start(config: &std::path::Path, upgrade_socket: &std::path::Path) -> Wharf {
-        Wharf::spawn(config, upgrade_socket, Stdio::inherit())
+        Wharf::spawn(Wharf::command(config, upgrade_socket))
     }
 
     /// As [`Wharf::start`], with its stderr (its log) written to `log`.
@@ -31,20 +31,25 @@ impl Wharf {
         log: &std::path::Path,
     ) -> Wharf {
         let log = std::fs::File::create(log).expect("create the log file");
-        Wharf::spawn(config, upgrade_socket, Stdio::from(log))
+        let mut command = Wharf::command(config, upgrade_socket);
+        command.stderr(log);
+        Wharf::spawn(command)
     }
 
-    fn spawn(config: &std::path::Path, upgrade_socket: &std::path::Path, stderr: Stdio) -> Wharf {
-        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+    /// `wharf run CONFIG --upgrade-socket SOCKET`, for [`Wharf::spawn`].
+    fn command(config: &std::path::Path, upgrade_socket: &std::path::Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wharf"));
+        command
             .arg("run")
             .arg(config)
             .arg("--upgrade-socket")
             .arg(upgrade_socket)
-            .stdin(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start wharf");
-        Wharf(child)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn spawn(mut command: Command) -> Wharf {
+        Wharf(command.spawn().expect("start wharf"))
     }
 
     fn signal(&self, signal: Signal) {
@@ -56,23 +61,24 @@ impl Wharf {
     /// and SIGUSR2 would kill it. The kernel's `SigCgt` mask in
     /// /proc/PID/status is the readiness signal.
     async fn wait_until_catching(&self, signal: Signal) {
-        let status = format!("/proc/{}/status", self.0.id());
-        let bit = 1u64 << (signal.as_raw() - 1);
         within("wharf to catch the signal", async {
-            loop {
-                let text = std::fs::read_to_string(&status).expect("wharf's /proc status");
-                let caught = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("SigCgt:"))
-                    .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-                    .expect("a SigCgt line");
-                if caught & bit != 0 {
-                    return;
-                }
+            while !self.catches(signal) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
         .await
+    }
+
+    /// Whether the process catches `signal` now (`SigCgt` in /proc/PID/status).
+    fn catches(&self, signal: Signal) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .expect("wharf's /proc status");
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .expect("a SigCgt line");
+        caught & (1u64 << (signal.as_raw() - 1)) != 0
     }
 
     /// Waits for the process to exit; its exit code.
@@ -364,6 +370,34 @@ async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
     assert_eq!(get(bind, "app.test", "/b/x").await.text(), "b");
     assert_eq!(get(bind, "app.test", "/").await.text(), "a");
 
+    wharf.signal(Signal::TERM);
+    assert_eq!(wharf.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn wharf_catches_its_signals_before_it_tells_systemd_it_is_ready() {
+    let dir = TempDir::new("upgrade");
+    let backend = Backend::normal("a").await;
+    let (config, bind) = setup(&dir, &backend).await;
+    let notify_path = dir.0.join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    let mut command = Wharf::command(&config, &dir.0.join("upgrade.sock"));
+    command.env("NOTIFY_SOCKET", &notify_path);
+    let wharf = Wharf::spawn(command);
+    let mut message = [0u8; 512];
+    let n = within("READY=1 from wharf", notify.recv(&mut message))
+        .await
+        .expect("a notification");
+    let message = String::from_utf8_lossy(&message[..n]).into_owned();
+    // Read at once: systemd may send ExecReload's SIGHUP from this moment.
+    // (This config has no access log: SIGUSR1 must not kill wharf either.)
+    let caught = [Signal::HUP, Signal::USR1, Signal::USR2].map(|s| wharf.catches(s));
+    assert!(message.starts_with("READY=1\n"), "{message:?}");
+    assert_eq!(
+        caught, [true; 3],
+        "SIGHUP, SIGUSR1 and SIGUSR2 caught when wharf says READY=1"
+    );
+    wait_until_serving(bind).await;
     wharf.signal(Signal::TERM);
     assert_eq!(wharf.exit_code().await, Some(0));
 }
