@@ -367,6 +367,10 @@ async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
         names_place(&log, balance_line) && names_place(&log, retries_line),
         "every mistake as wharf.toml:line:col: (lines {balance_line} and {retries_line}): {refused:?}"
     );
+    assert!(
+        !log.contains('\u{1b}'),
+        "no terminal colour codes in a log that is not a terminal"
+    );
     assert_eq!(get(bind, "app.test", "/b/x").await.text(), "b");
     assert_eq!(get(bind, "app.test", "/").await.text(), "a");
 
