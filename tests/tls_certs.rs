@@ -88,7 +88,7 @@ async fn serve(
             tokio::spawn(async move {
                 match term.accept(tcp).await {
                     Ok(mut tls) => {
-                        let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+                        let alpn = tls.alpn_protocol().map(|p| p.to_vec());
                         let _ = tx.send(Ok(Accepted { alpn }));
                         let mut buf = [0u8; 1024];
                         loop {
@@ -412,4 +412,76 @@ async fn a_client_that_is_not_tls_gets_an_error_not_a_panic() {
     // The terminator still serves TLS afterwards.
     let client = Client::trusting(&[&s.a.0]);
     assert_eq!(client.cert_for(addr, "a.test").await, der(&s.a.0));
+}
+
+/// wharf's TLS moves its own bytes (src/tls/stream.rs): records split over
+/// reads, records larger than the reader's buffer (the echo server reads
+/// 1 KiB at a time), and a key update from the client all come through
+/// whole, in TLS 1.3 and 1.2.
+#[tokio::test]
+async fn a_large_transfer_and_a_key_update_come_through_whole() {
+    let s = setup();
+    let term = Arc::new(TlsTerminator::load(std::slice::from_ref(&s.a_files)).unwrap());
+    let (addr, _rx) = serve(term).await;
+    let data: Vec<u8> = (0..1usize << 20)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut client = Client::trusting(&[&s.a.0]);
+        client.versions = vec![version];
+        let mut tls = client.connect(addr, "a.test").await.unwrap();
+        let (first, second) = data.split_at(data.len() / 2);
+        tls = echo_concurrently(tls, first).await;
+        if version == &rustls::version::TLS13 {
+            tls.get_mut().1.refresh_traffic_keys().unwrap();
+        }
+        echo_concurrently(tls, second).await;
+    }
+}
+
+/// Writes `data` in odd-sized chunks while reading its echo back.
+async fn echo_concurrently(tls: TlsStream<TcpStream>, data: &[u8]) -> TlsStream<TcpStream> {
+    let (mut read, mut write) = tokio::io::split(tls);
+    let writing = async {
+        for chunk in data.chunks(7_777) {
+            write.write_all(chunk).await.unwrap();
+        }
+        write.flush().await.unwrap();
+    };
+    let reading = async {
+        let mut back = vec![0u8; data.len()];
+        read.read_exact(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = timeout(LIMIT, async { tokio::join!(writing, reading) })
+        .await
+        .expect("echo timed out");
+    assert!(back == data, "the echo differs from what was sent");
+    read.unsplit(write)
+}
+
+/// A record that does not decrypt gets the client a `bad_record_mac` alert,
+/// and the server's connection ends.
+#[tokio::test]
+async fn a_record_that_does_not_decrypt_gets_an_alert() {
+    let s = setup();
+    let term = Arc::new(TlsTerminator::load(std::slice::from_ref(&s.a_files)).unwrap());
+    let (addr, _rx) = serve(term).await;
+    let mut tls = Client::trusting(&[&s.a.0])
+        .connect(addr, "a.test")
+        .await
+        .unwrap();
+    echo(&mut tls, b"before").await;
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    forged.extend_from_slice(&[0x5a; 0x20]);
+    tls.get_mut().0.write_all(&forged).await.unwrap();
+    let mut buf = [0u8; 16];
+    let error = timeout(LIMIT, tls.read(&mut buf))
+        .await
+        .expect("no answer to a forged record")
+        .expect_err("a forged record must not be read as data");
+    assert!(
+        error.to_string().contains("BadRecordMac"),
+        "expected a bad_record_mac alert, got: {error}"
+    );
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::tls::TlsConnection;
 use bytes::Bytes;
 use http::{HeaderMap, Response, header};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 
 use super::body::{self, ResponseBody};
@@ -119,7 +119,7 @@ pub fn start_tunnel(
 )]
 enum ClientSide {
     Plain((TcpStream, Bytes)),
-    Tls((TlsStream<TcpStream>, Bytes)),
+    Tls((TlsConnection<TcpStream>, Bytes)),
 }
 
 /// Waits (within `handover`) for hyper to release the client's connection
@@ -216,9 +216,9 @@ impl<F: Future<Output = TunnelReport>> Future for TunnelTask<F> {
     }
 }
 
-fn tls_client(upgraded: Upgraded) -> Option<(TlsStream<TcpStream>, bytes::Bytes)> {
+fn tls_client(upgraded: Upgraded) -> Option<(TlsConnection<TcpStream>, bytes::Bytes)> {
     let tls = upgraded
-        .downcast::<TokioIo<Tapped<TlsStream<TcpStream>>>>()
+        .downcast::<TokioIo<Tapped<TlsConnection<TcpStream>>>>()
         .ok()?;
     Some((tls.io.into_inner().into_inner(), tls.read_buf))
 }

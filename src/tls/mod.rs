@@ -19,21 +19,19 @@
 
 mod certs;
 mod resolve;
+mod stream;
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use rustls::ServerConfig;
-use rustls::crypto::CryptoProvider;
-use rustls::server::Acceptor;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::LazyConfigAcceptor;
-use tokio_rustls::server::TlsStream;
-
 pub use certs::CertificateFiles;
 use resolve::{CertSet, SniResolver};
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+pub use stream::TlsConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The ALPN protocol id of HTTP/1.1.
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
@@ -167,22 +165,22 @@ impl TlsTerminator {
     /// Runs the server side of a TLS handshake on `stream` (a `TcpStream`, or
     /// a stream that has already had a PROXY header read from it). The caller
     /// bounds it with a timeout.
-    pub async fn accept<IO>(&self, stream: IO) -> io::Result<TlsStream<IO>>
+    pub async fn accept<IO>(&self, stream: IO) -> io::Result<TlsConnection<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
-        let hello = start.client_hello();
-        let ours_offered = match hello.alpn() {
-            Some(mut offered) => offered.any(|p| self.alpn.iter().any(|ours| ours == p)),
-            None => true,
-        };
-        let config = if ours_offered {
-            self.with_alpn.clone()
-        } else {
-            self.without_alpn.clone()
-        };
-        start.into_stream(config).await
+        TlsConnection::accept(stream, |hello| {
+            let ours_offered = match hello.alpn() {
+                Some(mut offered) => offered.any(|p| self.alpn.iter().any(|ours| ours == p)),
+                None => true,
+            };
+            if ours_offered {
+                self.with_alpn.clone()
+            } else {
+                self.without_alpn.clone()
+            }
+        })
+        .await
     }
 
     /// The names of each certificate, in configured order: subjectAltName DNS
