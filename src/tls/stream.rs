@@ -38,6 +38,13 @@ const WRITE_SCRATCH: usize = MAX_FRAGMENT + 1024;
 /// A ClientHello may be joined over records up to this size (rustls's own
 /// limit on a handshake message) before the connection is refused.
 const MAX_HELLO: usize = 0xffff + 5;
+/// At most this much ciphertext is held while rustls joins one handshake
+/// message over records (it keeps each record's bytes until the message is
+/// whole). A message is at most 64 KiB, but its records are not: one byte a
+/// record, or a TLS 1.3 record padded out to 16 KiB, would otherwise have a
+/// client make a connection hold megabytes, even gigabytes. Above the largest
+/// ClientHello `accept` passes on, and room for one more record.
+const MAX_JOINED: usize = MAX_HELLO + 4096 + MAX_RECORD;
 
 thread_local! {
     static READ_ROOM: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice());
@@ -201,6 +208,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
         cx: &mut Context<'_>,
         mut goal: Goal<'_, '_>,
     ) -> Poll<io::Result<Stop>> {
+        if self.received.len() > MAX_JOINED {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS handshake message spread over too many records",
+            )));
+        }
         let held = mem::take(&mut self.received);
         if held.len() + MAX_RECORD <= READ_SCRATCH {
             READ_ROOM.with_borrow_mut(|room| {
@@ -621,6 +634,80 @@ mod tests {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::net::{TcpListener, TcpStream};
+
+    fn test_configs() -> (Arc<ServerConfig>, rustls::RootCertStore) {
+        let (cert, key) = crate::tls::self_signed(&["localhost"]).unwrap();
+        let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let server_config = Arc::new(
+            ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.clone()], key)
+                .unwrap(),
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        (server_config, roots)
+    }
+
+    /// A client joining one handshake message over one-byte records, a
+    /// pause between bursts, cannot make the connection hold more than a
+    /// bounded amount of ciphertext (rustls's own buffered deframer stops at
+    /// 64 KiB of records while joining).
+    #[tokio::test]
+    async fn a_handshake_message_in_tiny_records_is_bounded() {
+        let (server_config, roots) = test_configs();
+        let client_config = Arc::new(
+            rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = rustls::ClientConnection::new(client_config, name).unwrap();
+            let mut hello = Vec::new();
+            conn.write_tls(&mut hello).unwrap();
+            tcp.write_all(&hello).await.unwrap();
+            // A ClientKeyExchange that says 0xfff0 bytes, one byte a record.
+            let header = [0x10u8, 0x00, 0xff, 0xf0];
+            let mut records = Vec::new();
+            for byte in header.into_iter().chain(std::iter::repeat_n(0, 30_000 - 4)) {
+                records.extend_from_slice(&[0x16, 0x03, 0x03, 0x00, 0x01, byte]);
+            }
+            for chunk in records.chunks(4096) {
+                tcp.write_all(chunk).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            tcp
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut server = TlsConnection {
+            io: tcp,
+            tls: UnbufferedServerConnection::new(server_config).unwrap(),
+            received: Vec::new(),
+            plaintext: Vec::new(),
+            plaintext_at: 0,
+            unsent: Vec::new(),
+            unsent_at: 0,
+            read_closed: false,
+            write_closed: false,
+        };
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_millis(3000),
+            poll_fn(|cx| server.poll_handshake(cx)),
+        )
+        .await;
+        let _tcp = client.await.unwrap();
+        let held = server.received.len();
+        assert!(
+            held <= MAX_JOINED + MAX_RECORD,
+            "{held} bytes of ciphertext held for one handshake message ({outcome:?})"
+        );
+        assert!(matches!(outcome, Ok(Err(_))), "{outcome:?}");
+    }
 
     /// After traffic both ways (records bigger than the reader's buffer
     /// included), a connection waiting for more holds no buffer at all.
