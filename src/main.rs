@@ -201,6 +201,9 @@ fn block_on(
 ) -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
+    // Request heads a worker forwards in one turn go out together before it
+    // sleeps (upstream/h1/outbox.rs).
+    builder.on_thread_park(wharf::upstream::send_deferred);
     if let Some(workers) = workers {
         builder.worker_threads(workers);
     }

@@ -58,7 +58,9 @@ impl ServerBody {
     /// tunnel; `None` if the body was read (not a 101).
     pub fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {
         let connection = self.connection.take()?;
-        Some((connection.stream, connection.buf.freeze()))
+        // An upgrade's head is never deferred, so no outbox holds the socket.
+        let socket = Arc::into_inner(connection.socket)?;
+        Some((socket.stream, connection.buf.freeze()))
     }
 
     /// The body is read: a reusable connection with nothing unread goes back
@@ -101,7 +103,12 @@ impl Body for ServerBody {
             };
             // A server that stopped reading the request goes on answering.
             let mut stopped = false;
-            if let Err(e) = advance(&mut this.upload, &mut connection.stream, cx, &mut stopped) {
+            if let Err(e) = advance(
+                &mut this.upload,
+                &connection.socket.stream,
+                cx,
+                &mut stopped,
+            ) {
                 return this.fail(ServerError::RequestBody(e));
             }
             this.reusable &= !stopped;

@@ -14,6 +14,7 @@
 mod body;
 pub(crate) mod decode;
 pub(crate) mod head;
+mod outbox;
 mod upload;
 
 use std::io;
@@ -23,7 +24,8 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Response, StatusCode, Uri, header};
 use http_body::Body as _;
-use tokio::io::AsyncWriteExt;
+use outbox::Socket;
+pub use outbox::{deferred_total, send_deferred};
 use tokio::net::TcpStream;
 
 pub use body::ServerBody;
@@ -90,6 +92,8 @@ pub struct RequestHead {
     bytes: Bytes,
     chunked: bool,
     head_request: bool,
+    /// An upgrade is sent at once: its 101 takes the socket for a tunnel.
+    upgrade: bool,
 }
 
 impl RequestHead {
@@ -100,6 +104,7 @@ impl RequestHead {
             bytes: bytes.freeze(),
             chunked: headers.contains_key(header::TRANSFER_ENCODING),
             head_request: method == Method::HEAD,
+            upgrade: headers.contains_key(header::UPGRADE),
         }
     }
 }
@@ -122,14 +127,14 @@ impl From<ServerError> for SendError {
 /// An open connection to a server, with what was read from it and not yet used.
 #[derive(Debug)]
 pub struct ServerConnection {
-    stream: TcpStream,
+    socket: Arc<Socket>,
     buf: BytesMut,
 }
 
 impl ServerConnection {
     pub fn new(stream: TcpStream) -> Self {
         ServerConnection {
-            stream,
+            socket: Socket::new(stream),
             buf: BytesMut::new(),
         }
     }
@@ -141,7 +146,7 @@ impl ServerConnection {
     /// `Pending` (alive) for a closed socket once that is spent.
     pub fn is_alive(&self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(self.socket.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Reads until a final response head (interim 1xx heads other than 101
@@ -181,8 +186,14 @@ impl ServerConnection {
     /// Reads what the server sent next into the buffer; `Ok(0)` at its end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, ServerError>> {
         self.buf.reserve(READ_CHUNK);
-        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.stream), cx, &mut self.buf)
-            .map_err(ServerError::Read)
+        let stream = &self.socket.stream;
+        loop {
+            std::task::ready!(stream.poll_read_ready(cx)).map_err(ServerError::Read)?;
+            match stream.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                read => return Poll::Ready(read.map_err(ServerError::Read)),
+            }
+        }
     }
 }
 
@@ -203,31 +214,51 @@ pub async fn send(
         error,
         unsent: None,
     };
-    // Nothing reached the server if the first write fails.
-    let written = match connection.stream.write(&head.bytes).await {
-        Ok(written) => written,
-        Err(e) => {
-            return Err(Failed {
-                error: SendError::Server(ServerError::Write(e)),
-                unsent: Some(body),
-            });
-        }
-    };
-    connection
-        .stream
-        .write_all(&head.bytes[written..])
-        .await
-        .map_err(|e| failed(ServerError::Write(e).into()))?;
+    // A bodiless request waits in the outbox to go out with the others of
+    // this turn (a body, or an upgrade, goes at once).
+    let bodiless = body.is_end_stream();
+    let mut deferred = bodiless && !head.upgrade && outbox::defer(&connection.socket, &head.bytes);
+    if !deferred {
+        // Nothing reached the server if the first write fails.
+        let stream = &connection.socket.stream;
+        let first = std::future::poll_fn(|cx| {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write(&head.bytes) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+                result => Poll::Ready(result),
+            }
+        });
+        let mut written = match first.await {
+            Ok(n) => n,
+            Err(e) => {
+                return Err(Failed {
+                    error: SendError::Server(ServerError::Write(e)),
+                    unsent: Some(body),
+                });
+            }
+        };
+        std::future::poll_fn(|cx| outbox::poll_write_rest(stream, cx, &head.bytes, &mut written))
+            .await
+            .map_err(|e| failed(ServerError::Write(e).into()))?;
+    }
+    // Set when a deferred head was only partly sent: the rest goes from here.
+    let mut rest_from: Option<usize> = None;
 
     // Boxed: rare, and the response (which carries it) moves several times.
-    let mut upload = (!body.is_end_stream()).then(|| Box::new(Uploading::new(body, head.chunked)));
+    // A bodiless request keeps its (empty) body to hand back if its deferred
+    // head never reached the server.
+    let (mut upload, mut unsent_body) = if bodiless {
+        (None, Some(body))
+    } else {
+        (Some(Box::new(Uploading::new(body, head.chunked))), None)
+    };
     // A body the server stopped reading leaves the connection's framing unknown.
     let mut upload_failed = false;
     if upload.is_some() {
         std::future::poll_fn(|cx| {
             Poll::Ready(advance(
                 &mut upload,
-                &mut connection.stream,
+                &connection.socket.stream,
                 cx,
                 &mut upload_failed,
             ))
@@ -244,15 +275,50 @@ pub async fn send(
     // Whether the server has sent anything yet (an interim answer).
     let mut answered = false;
     let response_head = std::future::poll_fn(|cx| {
-        if let Err(e) = advance(&mut upload, &mut connection.stream, cx, &mut upload_failed) {
-            return Poll::Ready(Err(SendError::ClientBody(e)));
+        if deferred {
+            match connection.socket.poll_deferred(cx) {
+                Ok(outbox::Sent::Fine) => {}
+                Ok(outbox::Sent::From(written)) => {
+                    deferred = false;
+                    rest_from = Some(written);
+                }
+                Err((written, e)) => {
+                    let error = SendError::Server(ServerError::Write(e));
+                    return Poll::Ready(Err((written == 0, error)));
+                }
+            }
+        }
+        if let Some(written) = rest_from.as_mut() {
+            std::task::ready!(outbox::poll_write_rest(
+                &connection.socket.stream,
+                cx,
+                &head.bytes,
+                written
+            ))
+            .map_err(|e| (false, SendError::Server(ServerError::Write(e))))?;
+            rest_from = None;
+        }
+        if let Err(e) = advance(
+            &mut upload,
+            &connection.socket.stream,
+            cx,
+            &mut upload_failed,
+        ) {
+            return Poll::Ready(Err((false, SendError::ClientBody(e))));
         }
         connection
             .poll_head(cx, head.head_request, &mut answered)
-            .map_err(SendError::Server)
+            .map_err(|e| (false, SendError::Server(e)))
     })
     .await
-    .map_err(failed)?;
+    .map_err(|(nothing_sent, error)| Failed {
+        error,
+        unsent: if nothing_sent {
+            unsent_body.take()
+        } else {
+            None
+        },
+    })?;
     let upgraded = response_head.status == StatusCode::SWITCHING_PROTOCOLS;
     let reusable = response_head.keep_alive && !upload_failed && !upgraded;
     let mut response = Response::new(ServerBody::new(

@@ -11,7 +11,6 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::Body;
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::head::encode_fields;
@@ -45,7 +44,7 @@ impl Uploading {
     /// Writes what the body brings; `Ready(Ok)` once all of it is written.
     pub fn poll_send(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &TcpStream,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SendError>> {
         loop {
@@ -55,9 +54,11 @@ impl Uploading {
                 for (slice, piece) in slices.iter_mut().zip(&self.out) {
                     *slice = IoSlice::new(piece);
                 }
-                let written =
-                    ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]))
-                        .map_err(ServerError::Write)?;
+                ready!(stream.poll_write_ready(cx)).map_err(ServerError::Write)?;
+                let written = match stream.try_write_vectored(&slices[..count]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    written => written.map_err(ServerError::Write)?,
+                };
                 if written == 0 {
                     return Poll::Ready(Err(ServerError::Write(
                         std::io::ErrorKind::WriteZero.into(),
@@ -123,7 +124,7 @@ impl Uploading {
 /// is unknown.
 pub fn advance(
     upload: &mut Option<Box<Uploading>>,
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     cx: &mut Context<'_>,
     stopped: &mut bool,
 ) -> Result<(), BoxError> {
