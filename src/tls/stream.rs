@@ -713,17 +713,7 @@ mod tests {
     /// included), a connection waiting for more holds no buffer at all.
     #[tokio::test]
     async fn an_idle_connection_holds_no_buffer() {
-        let (cert, key) = crate::tls::self_signed(&["localhost"]).unwrap();
-        let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
-        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let server_config = Arc::new(
-            ServerConfig::builder()
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.clone()], key)
-                .unwrap(),
-        );
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert).unwrap();
+        let (server_config, roots) = test_configs();
         let client_config = Arc::new(
             rustls::ClientConfig::builder()
                 .with_root_certificates(roots)
