@@ -221,11 +221,15 @@ pub async fn send(
     if !deferred {
         // Nothing reached the server if the first write fails.
         let stream = &connection.socket.stream;
+        // A WouldBlock clears the socket's readiness: poll it again, so
+        // that this task is woken when there is room.
         let first = std::future::poll_fn(|cx| {
-            std::task::ready!(stream.poll_write_ready(cx))?;
-            match stream.try_write(&head.bytes) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
-                result => Poll::Ready(result),
+            loop {
+                std::task::ready!(stream.poll_write_ready(cx))?;
+                match stream.try_write(&head.bytes) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    result => return Poll::Ready(result),
+                }
             }
         });
         let mut written = match first.await {
@@ -355,5 +359,71 @@ mod tests {
         }
         let alive = connections.iter().filter(|c| c.is_alive()).count();
         assert_eq!(alive, 0, "closed connections taken for alive");
+    }
+
+    /// The first write of a head finds the socket full although the reactor
+    /// last saw it writable (a server that answered before reading all of the
+    /// previous request's body, say): the request waits for room and goes
+    /// out once the server reads, rather than waiting with no waker.
+    #[tokio::test]
+    async fn a_head_whose_first_write_finds_the_socket_full_goes_out_later() {
+        use std::io::Write as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let std_stream = std::net::TcpStream::connect(addr).unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        std_stream.set_nonblocking(true).unwrap();
+        // The same socket through another descriptor: filling it through
+        // this one leaves the reactor's cached readiness "writable".
+        let filler = std_stream.try_clone().unwrap();
+        let stream = TcpStream::from_std(std_stream).unwrap();
+        stream.writable().await.unwrap();
+        let chunk = vec![b'x'; 65536];
+        let mut filled = 0;
+        loop {
+            match (&filler).write(&chunk) {
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let head = RequestHead::encode(&Method::GET, &Uri::from_static("/"), &HeaderMap::new());
+        let connection = ServerConnection::new(stream);
+        let sending = tokio::spawn(async move {
+            let body = UpstreamBody::Right(http_body_util::Empty::new());
+            send(connection, &head, body, None)
+                .await
+                .map(|response| response.status())
+                .map_err(|failed| format!("{:?}", failed.error))
+        });
+        // The request's first write meets the full socket.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let drained = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+            while received.len() <= filled || !received.ends_with(b"\r\n\r\n") {
+                let n = server.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the connection closed");
+                received.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(
+            drained.is_ok(),
+            "the head never arrived ({} of {filled} filler bytes read)",
+            received.len()
+        );
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let status = tokio::time::timeout(std::time::Duration::from_secs(3), sending)
+            .await
+            .expect("a response head")
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
     }
 }
