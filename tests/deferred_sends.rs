@@ -78,3 +78,45 @@ fn a_deferred_head_a_server_dropped_is_tried_on_another() {
         assert_eq!(good.requests(), 20);
     });
 }
+
+/// A worker that always has a task to run (here one that keeps yielding, as
+/// a task out of coop budget does) never parks, so its park hook never runs:
+/// a head deferred on it must still reach the server.
+#[test]
+#[ignore = "fails: a worker that never parks never sends its outbox (review of f578c65)"]
+fn a_deferred_head_goes_out_while_its_worker_stays_busy() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .on_thread_park(wharf::upstream::send_deferred)
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let backend = Backend::normal("a").await;
+        let (running, _) = wharf_for(&[backend.addr], "").await;
+        let address = public(&running);
+        // A first request makes the worker park once (the hook's first call).
+        let mut raw = RawClient::connect(address).await;
+        let response = raw
+            .request(b"GET /first HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await;
+        assert_eq!(response.status, 200);
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let spinning = busy.clone();
+        let spinner = tokio::spawn(async move {
+            while spinning.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::task::yield_now().await;
+            }
+        });
+        let answered = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            raw.request(b"GET /second HTTP/1.1\r\nHost: test\r\n\r\n"),
+        )
+        .await;
+        busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        spinner.await.unwrap();
+        let response = answered.expect("a GET answered within 3 s while its worker is busy");
+        assert_eq!(response.status, 200);
+        assert_eq!(backend.requests(), 2);
+    });
+}
