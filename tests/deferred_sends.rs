@@ -83,7 +83,6 @@ fn a_deferred_head_a_server_dropped_is_tried_on_another() {
 /// a task out of coop budget does) never parks, so its park hook never runs:
 /// a head deferred on it must still reach the server.
 #[test]
-#[ignore = "fails: a worker that never parks never sends its outbox (review of f578c65)"]
 fn a_deferred_head_goes_out_while_its_worker_stays_busy() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

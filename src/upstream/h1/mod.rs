@@ -299,7 +299,7 @@ pub async fn send(
                 &head.bytes,
                 written
             ))
-            .map_err(|e| (false, SendError::Server(ServerError::Write(e))))?;
+            .map_err(|e| (*written == 0, SendError::Server(ServerError::Write(e))))?;
             rest_from = None;
         }
         if let Err(e) = advance(

@@ -1,23 +1,24 @@
 //! Request heads sent together at the end of a worker's turn.
 //!
-//! A worker that forwards the requests of many clients in one turn holds
-//! each bodiless request head in a per-thread outbox and sends them all just
-//! before it waits for events again (tokio's `on_thread_park`, see
-//! [`send_deferred`]), as HAProxy does: a server process is then woken once
-//! for many requests instead of once for each, and waking a process on
+//! A worker that forwards the requests of many clients in one turn puts each
+//! bodiless request head in the outbox, and they go out together when the
+//! turn ends, as HAProxy batches its sends: a server process is then woken
+//! once for many requests instead of once for each, and waking a process on
 //! another core is the dearest part of a small request. Measured with
 //! `wrk -c50` through one worker on this 2-core machine (`/proc` CPU time,
 //! 4 interleaved pairs of 6 s): the backend slept 0.035 times per request
 //! instead of 0.15–0.21, and wharf served 64.7k/59.9k/61.9k/64.6k →
 //! 65.9k/68.5k/69.1k/70.0k requests per CPU-second.
 //!
-//! Only a thread whose park hook has run defers (a worker of the runtime
-//! `wharf run` builds, which calls the hook again before it ever sleeps);
-//! any other thread (a test's runtime, `block_on`) sends at once. The outbox
-//! holds the socket (`Arc<Socket>`), so its descriptor stays open until the
-//! head is sent even if the request is dropped meanwhile. A send that fails
-//! or is only partly taken is handed back to the request, which learns of it
-//! through [`Socket::poll_deferred`].
+//! A turn ends when the worker sleeps (tokio's `on_thread_park`, which
+//! `wharf run` installs: [`send_deferred`]) or, for a worker that never runs
+//! out of tasks, when its deferred tasks are woken: the worker's flusher task
+//! waits there (`yield_now`) once a head is queued. Only a thread whose park
+//! hook has run defers; any other (a test's runtime, `block_on`) sends at
+//! once. The outbox holds the socket (`Arc<Socket>`), so its descriptor stays
+//! open until the head is sent even if the request is dropped meanwhile. A
+//! send that fails or is only partly taken is handed back to the request,
+//! which learns of it through [`Socket::poll_deferred`].
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -27,6 +28,7 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 /// A turn holding this many heads sends them at once rather than wait, so
 /// that a long turn does not hold the first ones back.
@@ -35,10 +37,19 @@ const MAX_BATCH: usize = 128;
 /// Heads deferred since the start, for tests (one relaxed add per head).
 static DEFERRED: AtomicU64 = AtomicU64::new(0);
 
+/// Heads waiting for the end of the turn, from every worker: whichever turn
+/// ends first sends them all.
+static OUTBOX: Mutex<Vec<(Arc<Socket>, Bytes)>> = Mutex::new(Vec::new());
+
 thread_local! {
     /// Whether this thread sends what is deferred before it sleeps.
     static SENDS_BEFORE_PARKING: Cell<bool> = const { Cell::new(false) };
-    static OUTBOX: RefCell<Vec<(Arc<Socket>, Bytes)>> = const { RefCell::new(Vec::new()) };
+    /// Wakes this worker's flusher task (spawned on the first head queued here).
+    static FLUSHER: RefCell<Option<Arc<Notify>>> = const { RefCell::new(None) };
+}
+
+fn outbox() -> MutexGuard<'static, Vec<(Arc<Socket>, Bytes)>> {
+    OUTBOX.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A connection's socket, shared with the outbox while a head waits there.
@@ -107,7 +118,7 @@ impl Socket {
     }
 }
 
-/// Queues `head` to be sent on `socket` before this thread next sleeps;
+/// Queues `head` to be sent on `socket` at the end of this worker's turn;
 /// `false` (nothing queued) on a thread that does not send before sleeping.
 pub fn defer(socket: &Arc<Socket>, head: &Bytes) -> bool {
     if !SENDS_BEFORE_PARKING.get() {
@@ -115,14 +126,38 @@ pub fn defer(socket: &Arc<Socket>, head: &Bytes) -> bool {
     }
     socket.deferred().state = State::Queued;
     DEFERRED.fetch_add(1, Ordering::Relaxed);
-    let full = OUTBOX.with_borrow_mut(|outbox| {
+    let queued = {
+        let mut outbox = outbox();
         outbox.push((socket.clone(), head.clone()));
-        outbox.len() >= MAX_BATCH
-    });
-    if full {
-        send_deferred();
+        outbox.len()
+    };
+    if queued >= MAX_BATCH {
+        send_all();
+    } else if queued == 1 {
+        wake_flusher();
     }
     true
+}
+
+/// Makes sure this worker's turn ends with a send even if the worker never
+/// sleeps: its flusher task waits among the deferred tasks, which tokio
+/// wakes whenever it polls for events, busy or not.
+fn wake_flusher() {
+    FLUSHER.with_borrow_mut(|flusher| {
+        let notify = flusher.get_or_insert_with(|| {
+            let notify = Arc::new(Notify::new());
+            let woken = notify.clone();
+            tokio::spawn(async move {
+                loop {
+                    woken.notified().await;
+                    tokio::task::yield_now().await;
+                    send_all();
+                }
+            });
+            notify
+        });
+        notify.notify_one();
+    });
 }
 
 /// How many request heads were deferred since the process started.
@@ -130,26 +165,26 @@ pub fn deferred_total() -> u64 {
     DEFERRED.load(Ordering::Relaxed)
 }
 
-/// Sends every deferred head; the park hook of `wharf run`'s runtime. From
+/// The park hook of `wharf run`'s runtime: sends every deferred head. From
 /// its first call on, this thread defers.
 pub fn send_deferred() {
     SENDS_BEFORE_PARKING.set(true);
-    let mut batch = OUTBOX.take();
-    for (socket, head) in batch.drain(..) {
-        let state = send_now(&socket.stream, &head);
+    send_all();
+}
+
+fn send_all() {
+    let batch = std::mem::take(&mut *outbox());
+    for (socket, head) in batch {
+        // Under the lock: the request cannot see its head sent, finish, and
+        // queue its connection's next head before this one's outcome is set.
         let mut deferred = socket.deferred();
+        let state = send_now(&socket.stream, &head);
         let failed = !matches!(state, State::Clear);
         deferred.state = state;
         if failed && let Some(waker) = deferred.waker.take() {
             waker.wake();
         }
     }
-    // Keep the allocation for the next turn, unless a head was queued meanwhile.
-    OUTBOX.with_borrow_mut(|outbox| {
-        if outbox.is_empty() {
-            *outbox = batch;
-        }
-    });
 }
 
 fn send_now(stream: &TcpStream, head: &[u8]) -> State {
