@@ -556,11 +556,16 @@ fn keep(mut buffer: Vec<u8>, rest: &[u8]) -> Vec<u8> {
 }
 
 fn keep_plaintext(plaintext: &mut Vec<u8>, at: &mut usize, bytes: &[u8]) {
+    drop_taken(plaintext, at);
+    plaintext.extend_from_slice(bytes);
+}
+
+/// Drops the bytes of `buffer` before `at` (already taken), before more are added.
+fn drop_taken(buffer: &mut Vec<u8>, at: &mut usize) {
     if *at > 0 {
-        plaintext.drain(..*at);
+        buffer.drain(..*at);
         *at = 0;
     }
-    plaintext.extend_from_slice(bytes);
 }
 
 /// Why an encoder could not write into the room it was given.
@@ -598,10 +603,7 @@ fn append_encoded(
     at: &mut usize,
     mut encode: impl FnMut(&mut [u8]) -> Result<usize, Failure>,
 ) -> io::Result<()> {
-    if *at > 0 {
-        queue.drain(..*at);
-        *at = 0;
-    }
+    drop_taken(queue, at);
     let start = queue.len();
     let mut room = 512;
     loop {

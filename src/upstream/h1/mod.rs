@@ -219,31 +219,19 @@ pub async fn send(
     let bodiless = body.is_end_stream();
     let mut deferred = bodiless && !head.upgrade && outbox::defer(&connection.socket, &head.bytes);
     if !deferred {
-        // Nothing reached the server if the first write fails.
-        let stream = &connection.socket.stream;
-        // A WouldBlock clears the socket's readiness: poll it again, so
-        // that this task is woken when there is room.
-        let first = std::future::poll_fn(|cx| {
-            loop {
-                std::task::ready!(stream.poll_write_ready(cx))?;
-                match stream.try_write(&head.bytes) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    result => return Poll::Ready(result),
-                }
-            }
-        });
-        let mut written = match first.await {
-            Ok(n) => n,
-            Err(e) => {
-                return Err(Failed {
-                    error: SendError::Server(ServerError::Write(e)),
-                    unsent: Some(body),
-                });
-            }
-        };
-        std::future::poll_fn(|cx| outbox::poll_write_rest(stream, cx, &head.bytes, &mut written))
-            .await
-            .map_err(|e| failed(ServerError::Write(e).into()))?;
+        let mut written = 0;
+        let sent = std::future::poll_fn(|cx| {
+            outbox::poll_write_rest(&connection.socket.stream, cx, &head.bytes, &mut written)
+        })
+        .await;
+        if let Err(e) = sent {
+            // Nothing reached the server if no byte was written: the body
+            // goes back with the error, for another server.
+            return Err(Failed {
+                error: SendError::Server(ServerError::Write(e)),
+                unsent: (written == 0).then_some(body),
+            });
+        }
     }
     // Set when a deferred head was only partly sent: the rest goes from here.
     let mut rest_from: Option<usize> = None;
