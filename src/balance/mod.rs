@@ -6,14 +6,14 @@
 //! and limits decide `usable`; the algorithm only chooses among usable servers.
 
 mod least_conn;
-mod maglev;
 mod random_two;
+mod rendezvous;
 mod round_robin;
 mod slow_start;
 
 pub use least_conn::LeastConn;
-pub use maglev::{Maglev, stable_hash};
 pub use random_two::RandomTwo;
+pub use rendezvous::{Rendezvous, stable_hash};
 pub use round_robin::SmoothRoundRobin;
 pub use slow_start::SlowStart;
 

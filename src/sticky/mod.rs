@@ -7,7 +7,7 @@
 //! - a session key learned from the server, a cookie it set or the Engine.IO
 //!   handshake's `sid` ([`learned`], [`engine_io`]);
 //! - a hash of something the request carries, on the pool's consistent-hash
-//!   table ([`key`], [`crate::balance::Maglev`]).
+//!   table ([`key`], [`crate::balance::Rendezvous`]).
 //!
 //! A pinned server that is down, draining or gone is never used: the request
 //! is balanced again and the client re-pinned.

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use super::server::{ActiveGuard, Server};
 use super::state::Outcome;
-use crate::balance::{self, Balancer, Maglev, ServerView};
+use crate::balance::{self, Balancer, Rendezvous, ServerView};
 use crate::config::{PoolConfig, StickyConfig};
 use crate::metrics::ServerMetrics;
 use crate::sticky::learned::LearnedSessions;
@@ -81,7 +81,7 @@ pub struct Pool {
     pub servers: Vec<Arc<Server>>,
     balancer: Box<dyn Balancer>,
     /// The consistent-hash table, for `balance = "hash:..."`.
-    maglev: Option<Maglev>,
+    hashing: Option<Rendezvous>,
     /// Session affinity, if configured.
     pub sticky: Option<Sticky>,
     live: Arc<PoolLive>,
@@ -135,13 +135,16 @@ impl Pool {
             .map(|s| s.address.to_string())
             .collect();
         let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
-        let maglev = config.hash.as_ref().map(|_| Maglev::new(&names, &weights));
+        let hashing = config
+            .hash
+            .as_ref()
+            .map(|_| Rendezvous::new(&names, &weights));
         let sticky = Sticky::new(&config, &names, || live.learned_sessions(&config));
         Pool {
             config,
             servers,
             balancer,
-            maglev,
+            hashing,
             sticky,
             live,
         }
@@ -278,8 +281,8 @@ impl Pool {
         // draw per server per pass); pinned clients above are not.
         let mut admitted = self.slow_start_draws();
         let admits = |admitted: &[bool], i: usize| admitted.get(i).copied().unwrap_or(true);
-        if let (Some(maglev), Some(hash)) = (&self.maglev, affinity.hash)
-            && let Some(index) = maglev.pick(hash, &|i| usable(i) && admits(&admitted, i))
+        if let (Some(hashing), Some(hash)) = (&self.hashing, affinity.hash)
+            && let Some(index) = hashing.pick(hash, &|i| usable(i) && admits(&admitted, i))
             && let Some(guard) = self.servers[index].try_acquire()
         {
             return Choice::Chosen(guard);
