@@ -1,6 +1,8 @@
 //! Routing: which pool a request goes to, by host and path, or a TLS
 //! connection by the server name of its ClientHello. First match wins.
 
+use std::borrow::Cow;
+
 use crate::config::{HostMatch, RouteConfig};
 
 /// Finds the first route of `routes` matching `host` (as the client sent it,
@@ -52,7 +54,7 @@ fn host_matches(wanted: &HostMatch, host: &str) -> bool {
 
 /// Lower-cases the host and strips a port and a trailing dot:
 /// `App.Example.com.:8443` → `app.example.com`, `[::1]:80` → `[::1]`.
-fn normalize_host(host: &str) -> String {
+fn normalize_host(host: &str) -> Cow<'_, str> {
     let without_port = if host.starts_with('[') {
         match host.find(']') {
             Some(end) => &host[..=end],
@@ -61,7 +63,13 @@ fn normalize_host(host: &str) -> String {
     } else {
         host.rsplit_once(':').map_or(host, |(name, _)| name)
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let name = without_port.trim_end_matches('.');
+    // Most hosts are sent in lower case: no copy for them.
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 #[cfg(test)]

@@ -181,8 +181,7 @@ async fn forward(
         sticky.strip_request(upstream_request.headers_mut());
     }
     exchange.upload = upload.clone();
-    let sent_at = Instant::now();
-    let (mut response, guard) = send_with_retries(
+    let sent = send_with_retries(
         pool,
         upstream_request,
         upload,
@@ -195,8 +194,9 @@ async fn forward(
         pool: Some(pool.name().to_owned()),
         server,
     })?;
+    let (mut response, guard) = (sent.response, sent.guard);
     let server = guard.server().clone();
-    exchange.server_time = Some(sent_at.elapsed());
+    exchange.server_time = Some(sent.server_time);
     exchange.server = Some(server.address);
     exchange.sticky = record::sticky_decision(
         pool.sticky.is_some(),
@@ -246,7 +246,7 @@ async fn forward(
         incoming,
         pool.config.timeouts.response,
         server_address,
-        sent_at,
+        exchange.started(),
     );
     let counted = Observed::new(watched, Counted(Some(guard)));
     let body = if affinity.engine_io_handshake && parts.status.is_success() {

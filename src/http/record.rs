@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Response};
 use http_body_util::BodyExt;
@@ -27,7 +27,6 @@ use crate::upstream::Pool;
 #[derive(Debug)]
 pub struct Exchange {
     started: Instant,
-    at: SystemTime,
     method: Method,
     path: String,
     /// The matched route's counters.
@@ -52,7 +51,6 @@ impl Exchange {
     pub fn start(method: Method, path: String) -> Exchange {
         Exchange {
             started: Instant::now(),
-            at: SystemTime::now(),
             method,
             path,
             route: None,
@@ -118,7 +116,10 @@ impl Exchange {
 
     fn entry(&self, client: &ClientConnection, status: u16) -> Entry {
         Entry {
-            at: self.at,
+            // Read here, not at the start: most requests are never logged.
+            at: SystemTime::now()
+                .checked_sub(self.started.elapsed())
+                .unwrap_or(UNIX_EPOCH),
             client: client.peer,
             listener: client.listener.clone(),
             route: self.route.as_ref().map(|r| Arc::from(r.name())),

@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -30,8 +31,14 @@ use crate::upstream::{
 };
 
 /// A response head from a server, with its body to read from the
-/// connection, and the request's slot on the server.
-pub type Sent = (Response<ServerBody>, ActiveGuard);
+/// connection.
+pub struct Sent {
+    pub response: Response<ServerBody>,
+    /// The request's slot on the server.
+    pub guard: ActiveGuard,
+    /// From sending the request that was answered to its response head.
+    pub server_time: Duration,
+}
 
 /// Sends `request` to a server of `pool`, trying up to `retries` more servers
 /// when delivery failed in a way that is safe to retry. On failure, the error
@@ -82,7 +89,8 @@ pub async fn send_with_retries(
         match send(&server, attempt, sending).await {
             Ok(response) => {
                 let status = response.status();
-                server.metrics.responded(status.as_u16(), sent_at.elapsed());
+                let server_time = sent_at.elapsed();
+                server.metrics.responded(status.as_u16(), server_time);
                 // Only gateway failures count (as Envoy's
                 // `consecutive_gateway_failure`): a 500 is an answer, and one
                 // client's requests can provoke it.
@@ -91,7 +99,11 @@ pub async fn send_with_retries(
                     _ => Outcome::Success,
                 };
                 pool.record_outcome(&server, outcome, status.as_str());
-                return Ok((response, guard));
+                return Ok(Sent {
+                    response,
+                    guard,
+                    server_time,
+                });
             }
             Err(SendError {
                 error,
