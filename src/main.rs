@@ -195,6 +195,9 @@ async fn run(
     Ok(())
 }
 
+/// Tasks a worker runs between two looks for socket events (see `block_on`).
+const EVENT_INTERVAL: u32 = 200;
+
 fn block_on(
     workers: Option<usize>,
     work: impl std::future::Future<Output = anyhow::Result<()>>,
@@ -204,6 +207,16 @@ fn block_on(
     // Request heads a worker forwards in one turn go out together before it
     // sleeps (upstream/h1/outbox.rs).
     builder.on_thread_park(wharf::upstream::send_deferred);
+    // How many tasks a worker runs between two looks for socket events
+    // (tokio's default: 61). As HAProxy's `tune.maxpollevents` (200), a busy
+    // worker then serves more of what is ready per look, with fewer
+    // `epoll_wait` calls and larger batches of deferred sends. Measured with
+    // `wrk -c50` through one worker (8 interleaved runs of 5 s): requests per
+    // CPU-second higher in every pair, by 1-11% (median 3.6%), the backend
+    // woken 0.050 times per request instead of 0.065; p99 within noise.
+    // `bench/run --only http --proxies wharf,haproxy` pairs: 0.92 and 0.90 ×
+    // HAProxy's requests per CPU-second before, 0.95, 0.93 and 1.00 after.
+    builder.event_interval(EVENT_INTERVAL);
     if let Some(workers) = workers {
         builder.worker_threads(workers);
     }

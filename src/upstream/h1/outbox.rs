@@ -15,7 +15,10 @@
 //! A turn ends when the worker sleeps (tokio's `on_thread_park`, which
 //! `wharf run` installs: [`send_deferred`]) or, for a worker that never runs
 //! out of tasks, when its deferred tasks are woken: the worker's flusher task
-//! waits there (`yield_now`) once a head is queued. Only a thread whose park
+//! waits there (`yield_now`) once a head is queued. Tokio wakes them when it
+//! next looks for socket events, at most `EVENT_INTERVAL` (main.rs) tasks
+//! later: as in HAProxy's loop, what the events of one look made ready is
+//! served, then sent. Only a thread whose park
 //! hook has run defers; any other (a test's runtime, `block_on`) sends at
 //! once. The outbox holds the socket (`Arc<Socket>`), so its descriptor stays
 //! open until the head is sent even if the request is dropped meanwhile. A
