@@ -110,7 +110,7 @@ async fn http(
     let stream = connect(address, timeout, proxy_header).await?;
     // Driven here, with no task of its own: nothing of the probe outlives
     // it (nor its timeout), and the connection is never reused.
-    let head = RequestHead::encode(request.method(), request.uri(), request.headers());
+    let head = RequestHead::encode(request.method(), request.uri(), request.headers(), &[]);
     let body = request.into_body();
     let response = h1::send(ServerConnection::new(stream), &head, body, None)
         .await

@@ -27,6 +27,7 @@ use super::{ClientConnection, upgrade};
 use crate::config::RouteConfig;
 use crate::snapshot::{Shared, Snapshot};
 use crate::sticky::{self, Sticky};
+use crate::upstream::ExtraField;
 use crate::upstream::{ConnectError, Pool, Server, Upload, UpstreamBody};
 
 /// A failed request with what is known of where it was going, for the log.
@@ -170,7 +171,11 @@ async fn forward(
         client.peer.ip(),
         &|address| pool.position_of(address),
     );
-    let (mut upstream_request, upload) = rewrite_request(
+    let Rewritten {
+        request: mut upstream_request,
+        upload,
+        forwarding_fields,
+    } = rewrite_request(
         request,
         client,
         host.as_deref(),
@@ -184,6 +189,7 @@ async fn forward(
     let sent = send_with_retries(
         pool,
         upstream_request,
+        &forwarding_fields,
         upload,
         &affinity,
         (client.peer, client.local),
@@ -365,6 +371,15 @@ fn allowed_upgrades(request: &Request<Incoming>, route: &RouteConfig) -> Vec<Str
         .collect()
 }
 
+/// The request as it goes to a server.
+struct Rewritten {
+    request: Request<UpstreamBody>,
+    /// Request body bytes read so far, when there is a body.
+    upload: Option<watch::Receiver<u64>>,
+    /// Written after the request's own fields (see [`headers::set_forwarded`]).
+    forwarding_fields: Vec<ExtraField>,
+}
+
 /// Turns the client's request into the request sent to a server.
 fn rewrite_request(
     request: Request<Incoming>,
@@ -372,7 +387,7 @@ fn rewrite_request(
     host: Option<&str>,
     upgrades: &[String],
     (forwarding, trusted): (&ClientForwarding, bool),
-) -> Result<(Request<UpstreamBody>, Option<watch::Receiver<u64>>), ProxyError> {
+) -> Result<Rewritten, ProxyError> {
     let (mut parts, body) = request.into_parts();
     // Servers get origin-form (`/path?query`) even if the client sent absolute-form.
     let path_and_query = parts
@@ -419,21 +434,23 @@ fn rewrite_request(
         host: original_host.as_ref(),
         trusted,
     };
-    headers::set_forwarded(&mut parts.headers, &info);
+    let forwarding_fields = headers::set_forwarded(&mut parts.headers, &info);
     if !upgrades.is_empty() {
         headers::set_upgrade(&mut parts.headers, &upgrades.join(", "));
     }
     if body.is_end_stream() {
-        return Ok((
-            Request::from_parts(parts, Either::Right(Empty::new())),
-            None,
-        ));
+        return Ok(Rewritten {
+            request: Request::from_parts(parts, Either::Right(Empty::new())),
+            upload: None,
+            forwarding_fields,
+        });
     }
     let (upload, progress) = Upload::new(body);
-    Ok((
-        Request::from_parts(parts, Either::Left(upload)),
-        Some(progress),
-    ))
+    Ok(Rewritten {
+        request: Request::from_parts(parts, Either::Left(upload)),
+        upload: Some(progress),
+        forwarding_fields,
+    })
 }
 
 #[cfg(test)]

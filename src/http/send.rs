@@ -25,6 +25,7 @@ use super::error::ProxyError;
 use crate::config::{PoolTimeouts, ProxyVersion};
 use crate::proxy_protocol;
 use crate::sticky::Affinity;
+use crate::upstream::ExtraField;
 use crate::upstream::h1::{self, Failed, RequestHead};
 use crate::upstream::{
     ActiveGuard, Outcome, Pool, Server, ServerBody, ServerConnection, UpstreamBody, connect_http,
@@ -40,12 +41,13 @@ pub struct Sent {
     pub server_time: Duration,
 }
 
-/// Sends `request` to a server of `pool`, trying up to `retries` more servers
+/// Sends `request` (its head followed by `extra_fields`) to a server of `pool`, trying up to `retries` more servers
 /// when delivery failed in a way that is safe to retry. On failure, the error
 /// and the server it concerns.
 pub async fn send_with_retries(
     pool: &Pool,
     request: Request<UpstreamBody>,
+    extra_fields: &[ExtraField],
     upload: Option<watch::Receiver<u64>>,
     affinity: &Affinity,
     client: (SocketAddr, SocketAddr),
@@ -58,7 +60,7 @@ pub async fn send_with_retries(
             ProxyVersion::V2 => proxy_protocol::encode_v2(client.0, client.1),
         });
     let (parts, body) = request.into_parts();
-    let head = RequestHead::encode(&parts.method, &parts.uri, &parts.headers);
+    let head = RequestHead::encode(&parts.method, &parts.uri, &parts.headers, extra_fields);
     let replayable = replayable(&parts.method, &body);
     // The request while no byte of it has gone anywhere.
     let mut unsent = Some(body);

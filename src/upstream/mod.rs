@@ -19,7 +19,9 @@ pub use pool::{Pool, PoolLive, Unavailable};
 pub use server::{ActiveGuard, Server};
 
 pub use connect::{ConnectError, MAX_RESPONSE_HEAD, UpstreamBody, connect_http, connect_tcp};
-pub use h1::{ServerBody, ServerConnection, ServerError, deferred_total, send_deferred};
+pub use h1::{
+    ExtraField, ServerBody, ServerConnection, ServerError, deferred_total, send_deferred,
+};
 pub use idle::IdlePool;
 pub use state::{AdminState, Change, Health, Outcome, ServerState};
 pub use upload::Upload;

@@ -15,11 +15,19 @@ use crate::upstream::MAX_RESPONSE_HEAD;
 /// The most header fields a response head may have (hyper's default too).
 const MAX_HEADERS: usize = 100;
 
-/// Writes `method target HTTP/1.1`, the fields and the blank line.
-pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap, out: &mut BytesMut) {
+/// Writes `method target HTTP/1.1`, the fields of `headers` then those of
+/// `extra`, and the blank line.
+pub fn encode_request(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    extra: &[(HeaderName, HeaderValue)],
+    out: &mut BytesMut,
+) {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let fields: usize = headers
         .iter()
+        .chain(extra.iter().map(|(name, value)| (name, value)))
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     out.reserve(method.as_str().len() + target.len() + 13 + fields + 2);
@@ -27,18 +35,25 @@ pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap, out: &mut
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    encode_fields(headers, out);
+    for (name, value) in headers.iter().chain(extra.iter().map(|(n, v)| (n, v))) {
+        encode_field(name, value, out);
+    }
+    out.put_slice(b"\r\n");
 }
 
 /// Writes each field as `name: value` and the blank line that ends a
 /// head or a chunked body's trailer section.
 pub fn encode_fields(headers: &HeaderMap, out: &mut BytesMut) {
     for (name, value) in headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        encode_field(name, value, out);
     }
+    out.put_slice(b"\r\n");
+}
+
+fn encode_field(name: &HeaderName, value: &HeaderValue, out: &mut BytesMut) {
+    out.put_slice(name.as_str().as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value.as_bytes());
     out.put_slice(b"\r\n");
 }
 

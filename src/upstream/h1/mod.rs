@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Response, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, header};
 use http_body::Body as _;
 use outbox::Socket;
 pub use outbox::{deferred_total, send_deferred};
@@ -96,10 +96,15 @@ pub struct RequestHead {
     upgrade: bool,
 }
 
+/// A field written after a request's own (see [`RequestHead::encode`]).
+pub type ExtraField = (HeaderName, HeaderValue);
+
 impl RequestHead {
-    pub fn encode(method: &Method, uri: &Uri, headers: &HeaderMap) -> Self {
+    /// The head of a request with `headers`, then `extra` (fields that
+    /// `headers` does not hold: written, never hashed into the map).
+    pub fn encode(method: &Method, uri: &Uri, headers: &HeaderMap, extra: &[ExtraField]) -> Self {
         let mut bytes = BytesMut::new();
-        head::encode_request(method, uri, headers, &mut bytes);
+        head::encode_request(method, uri, headers, extra, &mut bytes);
         RequestHead {
             bytes: bytes.freeze(),
             chunked: headers.contains_key(header::TRANSFER_ENCODING),
@@ -377,7 +382,8 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
-        let head = RequestHead::encode(&Method::GET, &Uri::from_static("/"), &HeaderMap::new());
+        let head =
+            RequestHead::encode(&Method::GET, &Uri::from_static("/"), &HeaderMap::new(), &[]);
         let connection = ServerConnection::new(stream);
         let sending = tokio::spawn(async move {
             let body = UpstreamBody::Right(http_body_util::Empty::new());
