@@ -380,6 +380,55 @@ async fn the_status_page_shows_the_api_status_and_its_drain_button_drains() {
 
 // ------------------------------------------------------------------ access log
 
+/// The JSON lines of the access log at `path`, once it has `count` of them
+/// (the writer is off the data path: lines land a moment after the answer).
+async fn access_log_lines(path: &std::path::Path, count: usize) -> Vec<Value> {
+    within("the access log lines", async {
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                .collect();
+            if lines.len() >= count {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// `server_ms` runs from handing the request to the pool: a request that
+/// waited for a slot under `max_connections` has that wait in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_logs_server_time_includes_the_queue() {
+    let backend = Backend::normal("a").await;
+    let dir = TempDir::new("access-log-queue");
+    let path = dir.0.join("access.log");
+    let toml = format!(
+        "{}\n[access_log]\nto = {:?}\nformat = \"json\"\n",
+        support::one_pool_config(&[backend.addr], "max_connections = 1"),
+        path.display().to_string()
+    );
+    let wharf = start_wharf(&toml).await;
+    let addr = public(&wharf);
+    let slow = tokio::spawn(async move { support::get(addr, "app.test", "/slow/400").await });
+    backend.wait_requests(1).await;
+    // Sent while the slow one holds the only slot: it queues until then.
+    let queued = support::get(addr, "app.test", "/").await;
+    assert_eq!(queued.status, 200);
+    assert_eq!(slow.await.unwrap().status, 200);
+    let lines = access_log_lines(&path, 2).await;
+    let queued = lines
+        .iter()
+        .find(|l| l["path"] == "/")
+        .expect("the queued request's line");
+    let server_ms = queued["server_ms"].as_f64().unwrap();
+    // The backend answers `/` at once: only the queue makes this long.
+    assert!(server_ms >= 200.0, "server_ms = {server_ms}: {queued}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_a_line_per_request_and_per_tunnel() {
     let (a, b) = (Backend::normal("a").await, Backend::normal("b").await);
@@ -393,20 +442,7 @@ async fn the_access_log_has_a_line_per_request_and_per_tunnel() {
     get_n(&wharf, 2).await;
     one_websocket(&wharf).await;
 
-    let lines: Vec<Value> = within("three access log lines", async {
-        loop {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let lines: Vec<Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("a JSON line"))
-                .collect();
-            if lines.len() >= 3 {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let lines = access_log_lines(&path, 3).await;
     assert_eq!(lines.len(), 3, "{lines:?}");
     let requests: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "request").collect();
     assert_eq!(requests.len(), 2, "{lines:?}");

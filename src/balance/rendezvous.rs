@@ -62,9 +62,10 @@ impl Rendezvous {
             None => candidates.max_by_key(|&i| (draw(i), self.ranks[i])),
             // Weighted: score w / -ln(u) for the draw u in (0, 1), which gives
             // each server a share of the keys proportional to its weight.
+            // 52 bits, so that adding 0.5 is exact and u never rounds to 1.
             Some(weights) => candidates
                 .map(|i| {
-                    let unit = ((draw(i) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                    let unit = ((draw(i) >> 12) as f64 + 0.5) / (1u64 << 52) as f64;
                     (weights[i] / -unit.ln(), self.ranks[i], i)
                 })
                 .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
@@ -229,5 +230,37 @@ mod tests {
         let forward = assignments(&names, &weights, 10_000);
         let reversed = assignments(&reversed_names, &reversed_weights, 10_000);
         assert_eq!(forward, reversed);
+    }
+
+    /// fmix64 run backwards (each step is a bijection).
+    fn unmix(mut h: u64) -> u64 {
+        let inverse = |c: u64| {
+            let mut x = c;
+            for _ in 0..6 {
+                x = x.wrapping_mul(2u64.wrapping_sub(c.wrapping_mul(x)));
+            }
+            x
+        };
+        h ^= h >> 33;
+        h = h.wrapping_mul(inverse(0xc4ce_b9fe_1a85_ec53));
+        h ^= h >> 33;
+        h = h.wrapping_mul(inverse(0xff51_afd7_ed55_8ccd));
+        h ^= h >> 33;
+        h
+    }
+
+    /// The highest possible draw wins, weighted or not (it once rounded to
+    /// u = 1.0, a score of -inf: a certain loss).
+    #[test]
+    fn the_highest_draw_wins_with_any_weights() {
+        let names = names(2);
+        let hashing = Rendezvous::new(&names, &[1000, 1]);
+        let key = unmix(u64::MAX) ^ hashing.seeds[0];
+        assert_eq!(mix(key ^ hashing.seeds[0]), u64::MAX);
+        assert_eq!(
+            Rendezvous::new(&names, &[1, 1]).pick(key, &|_| true),
+            Some(0)
+        );
+        assert_eq!(hashing.pick(key, &|_| true), Some(0));
     }
 }

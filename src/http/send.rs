@@ -37,7 +37,8 @@ pub struct Sent {
     pub response: Response<ServerBody>,
     /// The request's slot on the server.
     pub guard: ActiveGuard,
-    /// From sending the request that was answered to its response head.
+    /// From handing the request to the pool (queue, connect and earlier
+    /// attempts included) to the response head.
     pub server_time: Duration,
 }
 
@@ -66,6 +67,7 @@ pub async fn send_with_retries(
     let mut unsent = Some(body);
     let mut failed: Vec<SocketAddr> = Vec::new();
     let mut last_failure = None;
+    let handed_at = std::time::Instant::now();
     for _ in 0..=pool.config.retries {
         let guard = match pool.acquire(&failed, affinity).await {
             Ok(guard) => guard,
@@ -91,8 +93,11 @@ pub async fn send_with_retries(
         match send(&server, attempt, sending).await {
             Ok(response) => {
                 let status = response.status();
-                let server_time = sent_at.elapsed();
-                server.metrics.responded(status.as_u16(), server_time);
+                // One reading ends both: the server's response time (this
+                // attempt) and the exchange's (queue and retries included).
+                let now = std::time::Instant::now();
+                server.metrics.responded(status.as_u16(), now - sent_at);
+                let server_time = now - handed_at;
                 // Only gateway failures count (as Envoy's
                 // `consecutive_gateway_failure`): a 500 is an answer, and one
                 // client's requests can provoke it.
@@ -197,7 +202,13 @@ async fn send(
     sending: Sending<'_>,
 ) -> Result<Response<ServerBody>, SendError> {
     let mut body = body;
-    if let Some(connection) = server.idle.take() {
+    // The event loop may not have seen yet that the server closed an idle
+    // connection: a request that could not be sent again asks the kernel.
+    let idle = server
+        .idle
+        .take()
+        .filter(|connection| sending.replayable || connection.is_alive_now());
+    if let Some(connection) = idle {
         match send_on(connection, body, server, &sending).await {
             Ok(response) => return Ok(response),
             Err(SendError {

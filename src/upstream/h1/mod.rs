@@ -155,6 +155,21 @@ impl ServerConnection {
         matches!(self.socket.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// Like [`Self::is_alive`], but asks the kernel (one `recv` with
+    /// `MSG_PEEK`), so a close that arrived before the event loop saw it is
+    /// found too: for a request that could not go again if the connection
+    /// turned out closed under it.
+    pub fn is_alive_now(&self) -> bool {
+        use rustix::net::{RecvFlags, recv};
+        let mut probe = [0u8; 1];
+        let peeked = recv(
+            &self.socket.stream,
+            &mut probe,
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        );
+        matches!(peeked, Err(rustix::io::Errno::AGAIN)) && self.is_alive()
+    }
+
     /// Reads until a final response head (interim 1xx heads other than 101
     /// are skipped, as hyper did, and noted in `answered`).
     fn poll_head(
@@ -358,6 +373,22 @@ mod tests {
     /// A task may look at many idle connections in one poll (a server that
     /// restarted closed them all): each closed one must be seen as closed,
     /// however much of the task's coop budget is left.
+    #[tokio::test]
+    async fn is_alive_now_sees_a_close_the_reactor_has_not() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let connection = ServerConnection::new(stream);
+        assert!(connection.is_alive_now(), "an open connection");
+        // No await from here: this thread's reactor cannot have run.
+        drop(server);
+        assert!(
+            !connection.is_alive_now(),
+            "a closed connection taken for alive"
+        );
+    }
+
     #[tokio::test]
     async fn is_alive_sees_every_closed_connection_in_one_poll() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -17,8 +17,8 @@
 //! out of tasks, when its deferred tasks are woken: the worker's flusher task
 //! waits there (`yield_now`) once a head is queued. Tokio wakes them when it
 //! next looks for socket events, at most `EVENT_INTERVAL` (main.rs) tasks
-//! later: as in HAProxy's loop, what the events of one look made ready is
-//! served, then sent. Only a thread whose park
+//! later, and the flusher runs first after that look: the heads of the tasks
+//! one look made ready go out together, before the next look's tasks run. Only a thread whose park
 //! hook has run defers; any other (a test's runtime, `block_on`) sends at
 //! once. The outbox holds the socket (`Arc<Socket>`), so its descriptor stays
 //! open until the head is sent even if the request is dropped meanwhile. A
