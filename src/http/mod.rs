@@ -18,6 +18,7 @@ mod proxy;
 mod record;
 mod send;
 pub mod strict;
+mod timer;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -90,7 +91,7 @@ where
     });
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
+        .timer(timer::ConnectionTimer::default())
         // Bounds what a connection buffers of a head (hyper's default is
         // about 400 KiB): beyond it, 431 and close.
         .max_header_size(limits.request_head)
