@@ -144,6 +144,34 @@ async fn slow_server_gives_504_after_the_response_timeout() {
     assert_eq!(slow.requests() + other.requests(), 1);
 }
 
+/// The requests of one client connection share its response timer: each
+/// has its own full time, before and after one of them timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_connection_has_its_own_response_timeout() {
+    let backend = Backend::normal("b").await;
+    let (_wharf, addr) = wharf_for(&[backend.addr], r#"timeouts = { response = "600ms" }"#).await;
+    let mut client = Client::connect(addr).await;
+    // Two answers of 350 ms in a row: together over the timeout, each within.
+    for (path, status) in [
+        ("/slow/350", 200),
+        ("/slow/350", 200),
+        ("/slow/3000", 504),
+        ("/slow/350", 200),
+        ("/slow/3000", 504),
+    ] {
+        let started = Instant::now();
+        let reply = client.request(get_request("app.test", path)).await;
+        let elapsed = started.elapsed();
+        assert_eq!(reply.status, status, "{path} after {elapsed:?}");
+        if status == 504 {
+            assert!(
+                elapsed >= Duration::from_millis(580) && elapsed < Duration::from_millis(2500),
+                "504 after {elapsed:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_closing_without_an_answer_gives_502() {
     let backend = Backend::start("mute", Behaviour::CloseWithoutAnswer).await;

@@ -82,12 +82,19 @@ where
         client.proto,
         client.local.port(),
     ));
+    // The response timeouts of the connection's requests, one after another.
+    let response_timer = timer::ConnectionTimer::default();
     let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         // In request order: what the tap saw of this request's head.
         if let Some(fault) = findings.next_request() {
             request.extensions_mut().insert(fault);
         }
-        proxy::handle(request, client.clone(), forwarding.clone(), shared.clone())
+        let connection = proxy::Connection {
+            client: client.clone(),
+            forwarding: forwarding.clone(),
+            response_timer: response_timer.clone(),
+        };
+        proxy::handle(request, connection, shared.clone())
     });
     let mut builder = http1::Builder::new();
     builder

@@ -23,6 +23,7 @@ use super::learn_sid::LearnSid;
 use super::record::{self, Exchange};
 use super::send::send_with_retries;
 use super::strict;
+use super::timer::ConnectionTimer;
 use super::{ClientConnection, upgrade};
 use crate::config::RouteConfig;
 use crate::snapshot::{Shared, Snapshot};
@@ -47,21 +48,32 @@ impl From<ProxyError> for Failure {
     }
 }
 
+/// What a request knows of its client connection.
+pub struct Connection {
+    pub client: Arc<ClientConnection>,
+    pub forwarding: Arc<ClientForwarding>,
+    /// The response timeouts of the connection's requests.
+    pub response_timer: ConnectionTimer,
+}
+
 /// hyper's service entry point: never fails, errors become responses.
 pub async fn handle(
     request: Request<Incoming>,
-    client: Arc<ClientConnection>,
-    forwarding: Arc<ClientForwarding>,
+    connection: Connection,
     shared: Arc<Shared>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let Connection {
+        client,
+        forwarding,
+        response_timer,
+    } = connection;
     let snapshot = shared.snapshot();
     let mut exchange = Exchange::start(request.method().clone(), request.uri().path().to_owned());
     let started = exchange.started();
     let listener = &client.listener;
     let response = match forward(
         request,
-        &client,
-        &forwarding,
+        (&client, &forwarding, &response_timer),
         &snapshot,
         &shared,
         &mut exchange,
@@ -120,8 +132,11 @@ fn error_response(error: &ProxyError) -> Response<ResponseBody> {
 
 async fn forward(
     mut request: Request<Incoming>,
-    client: &Arc<ClientConnection>,
-    forwarding: &ClientForwarding,
+    (client, forwarding, response_timer): (
+        &Arc<ClientConnection>,
+        &ClientForwarding,
+        &ConnectionTimer,
+    ),
     snapshot: &Snapshot,
     shared: &Shared,
     exchange: &mut Exchange,
@@ -190,6 +205,7 @@ async fn forward(
         pool,
         upstream_request,
         &forwarding_fields,
+        response_timer,
         upload,
         &affinity,
         (client.peer, client.local),

@@ -22,6 +22,7 @@ use http_body_util::{Either, Empty};
 use tokio::sync::watch;
 
 use super::error::ProxyError;
+use super::timer::ConnectionTimer;
 use crate::config::{PoolTimeouts, ProxyVersion};
 use crate::proxy_protocol;
 use crate::sticky::Affinity;
@@ -49,6 +50,7 @@ pub async fn send_with_retries(
     pool: &Pool,
     request: Request<UpstreamBody>,
     extra_fields: &[ExtraField],
+    response_timer: &ConnectionTimer,
     upload: Option<watch::Receiver<u64>>,
     affinity: &Affinity,
     client: (SocketAddr, SocketAddr),
@@ -82,6 +84,7 @@ pub async fn send_with_retries(
         let server = guard.server().clone();
         let sending = Sending {
             timeouts: &pool.config.timeouts,
+            response_timer,
             upload: upload.clone(),
             min_upload_rate: pool.config.min_upload_rate,
             head: &head,
@@ -178,6 +181,8 @@ struct SendError {
 /// How one request is sent.
 struct Sending<'a> {
     timeouts: &'a PoolTimeouts,
+    /// The client connection's: its requests wait for answers one at a time.
+    response_timer: &'a ConnectionTimer,
     /// Progress of the client's body (bytes so far), if it has one.
     upload: Option<watch::Receiver<u64>>,
     /// Bytes per second the body must average over each `upload_idle`.
@@ -277,9 +282,13 @@ async fn send_on(
             }
         }
     }
-    match tokio::time::timeout(response_timeout, response).await {
-        Err(_) => Err(timed_out()),
-        Ok(result) => result_of(result),
+    let deadline = sending
+        .response_timer
+        .deadline(tokio::time::Instant::now() + response_timeout);
+    tokio::select! {
+        biased;
+        result = &mut response => result_of(result),
+        () = deadline => Err(timed_out()),
     }
 }
 

@@ -1,15 +1,16 @@
-//! hyper's timer for one client connection: the header-read timeout of every
-//! request reuses the connection's one tokio sleep.
+//! Timers of one client connection: the header-read timeout of every request
+//! (as hyper's timer) reuses one tokio sleep, and the response timeout of
+//! every request another.
 //!
 //! hyper asks its timer for a new sleep before each request head and drops
 //! it once the head is read. With hyper-util's `TokioTimer` that is a boxed
 //! tokio sleep put in the runtime's timer wheel and taken out again for every
 //! request: about 1,000 instructions per request in a callgrind profile
 //! (`clear_entry`, `reregister`, the wheel's insert and remove, the drop).
-//! Here each request gets a small handle on the connection's sleep; moving
-//! a registered sleep's deadline later only updates an atomic (tokio's
-//! `Sleep::reset`), and the wheel sees the sleep again only when its old
-//! deadline comes, at most once per timeout.
+//! Here each request gets a small handle on the connection's sleep, which is
+//! left as it is when the request's deadline is later: when the sleep's time
+//! comes, a wait whose own deadline has not come sets it again. So the wheel
+//! sees the sleep about once per timeout, not once per request.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
 
-/// The timer of one connection (hyper polls its sleeps from that
-/// connection's task only, so the lock is never contended).
+/// A timer of one connection, for one wait at a time (the waits of a
+/// connection's requests follow one another, all polled from its task, so
+/// the lock is never contended).
 #[derive(Clone, Default)]
 pub struct ConnectionTimer {
     sleep: Arc<Mutex<Option<Pin<Box<Sleep>>>>>,
@@ -32,11 +34,7 @@ impl hyper::rt::Timer for ConnectionTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(Deadline {
-            shared: self.sleep.clone(),
-            deadline: deadline.into(),
-            set: false,
-        })
+        Box::pin(self.deadline(deadline.into()))
     }
 
     /// Tokio's clock, which hyper adds its timeout to: the same as std's,
@@ -46,8 +44,20 @@ impl hyper::rt::Timer for ConnectionTimer {
     }
 }
 
-/// One request's deadline on the connection's sleep, set at its first poll.
-struct Deadline {
+impl ConnectionTimer {
+    /// A deadline on the connection's sleep, for one wait at a time: each
+    /// sets the sleep to its own time at its first poll.
+    pub fn deadline(&self, at: tokio::time::Instant) -> Deadline {
+        Deadline {
+            shared: self.sleep.clone(),
+            deadline: at,
+            set: false,
+        }
+    }
+}
+
+/// One wait's deadline on the connection's sleep, set at its first poll.
+pub struct Deadline {
     shared: Arc<Mutex<Option<Pin<Box<Sleep>>>>>,
     deadline: tokio::time::Instant,
     set: bool,
@@ -60,11 +70,23 @@ impl Future for Deadline {
         let this = self.get_mut();
         let mut shared = this.shared.lock().unwrap_or_else(|e| e.into_inner());
         let sleep = shared.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(this.deadline)));
+        // The sleep is moved only to an earlier time than it is set for: a
+        // later deadline (every request's, the timeout counting from a later
+        // moment) waits for the sleep's own time to come, then sets it anew.
+        // Even moving it later costs more than the wheel's work it spares.
         if !this.set {
-            sleep.as_mut().reset(this.deadline);
+            if this.deadline < sleep.deadline() {
+                sleep.as_mut().reset(this.deadline);
+            }
             this.set = true;
         }
-        sleep.as_mut().poll(cx)
+        loop {
+            std::task::ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= this.deadline {
+                return Poll::Ready(());
+            }
+            sleep.as_mut().reset(this.deadline);
+        }
     }
 }
 
