@@ -379,3 +379,30 @@ async fn asterisk_form_options_is_forwarded_as_is() {
     assert_eq!(seen.method, http::Method::OPTIONS);
     assert_eq!(seen.uri.to_string(), "*");
 }
+
+/// A client cannot pass off forwarding fields as trailers of its body: a
+/// server that merges trailers into the header section would believe them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_cannot_carry_forwarding_fields() {
+    let (_wharf, addr, _backend) = setup().await;
+    let response = raw(
+        addr,
+        "POST /request-trailers HTTP/1.1\r\n\
+         Host: app.test\r\n\
+         Transfer-Encoding: chunked\r\n\
+         \r\n\
+         4\r\ndata\r\n\
+         0\r\n\
+         X-Checksum: 1234\r\n\
+         X-Forwarded-For: 6.6.6.6\r\n\
+         X-Real-IP: 6.6.6.6\r\n\
+         Forwarded: for=6.6.6.6\r\n\
+         X_Forwarded_Host: evil.test\r\n\
+         True-Client-IP: 6.6.6.6\r\n\
+         Proxy: http://evil.test/\r\n\
+         \r\n",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "x-checksum: 1234\n");
+}

@@ -51,6 +51,26 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Drops the trailer fields of a client's request body that a server could
+/// take for what wharf vouches for, if it merges trailers into the header
+/// section: forwarding fields (and their `_` lookalikes), `Proxy`, and
+/// fields that frame or route a message or describe a connection, which
+/// RFC 9110 §6.5.1 forbids in trailers.
+pub fn strip_request_trailers(trailers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || [header::CONTENT_LENGTH, header::HOST, header::TRAILER, PROXY].contains(name)
+                || is_forwarding(&name.as_str().replace('_', "-"))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        trailers.remove(name);
+    }
+}
+
 /// Whether a request's `TE` accepts trailers (the only `TE` value forwarded).
 pub fn accepts_trailers(headers: &HeaderMap) -> bool {
     headers

@@ -461,7 +461,7 @@ fn rewrite_request(
             forwarding_fields,
         });
     }
-    let (upload, progress) = Upload::new(body);
+    let (upload, progress) = Upload::new(body, headers::strip_request_trailers);
     Ok(Rewritten {
         request: Request::from_parts(parts, Either::Left(upload)),
         upload: Some(progress),

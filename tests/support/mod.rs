@@ -452,6 +452,8 @@ pub enum Behaviour {
     /// - `/ws-echo`: a WebSocket handshake, then every data message echoed;
     /// - `/trailers`: a chunked body `data` and the trailer `x-checksum: 1234`,
     ///   declared in a `Trailer` header.
+    /// - `/request-trailers`: reads the request body; answers with its trailer
+    ///   fields, a `name: value` line each.
     ///
     /// Every `x-reply-header: name: value` request header becomes a response header.
     Normal,
@@ -785,6 +787,8 @@ async fn special(request: Request<Incoming>, state: &State, generation: u64) -> 
         named(state, &request, status)
     } else if path == "/trailers" {
         with_trailers()
+    } else if path == "/request-trailers" {
+        request_trailers(request).await
     } else if path == "/hold" {
         let mut release = state.release.subscribe();
         state.held.send_modify(|n| *n += 1);
@@ -887,6 +891,18 @@ fn echo(request: Request<Incoming>) -> Response<TestBody> {
 
 fn generated(len: u64, chunked: bool) -> Response<TestBody> {
     Response::new(PatternBody::new(len, chunked).boxed())
+}
+
+async fn request_trailers(request: Request<Incoming>) -> Response<TestBody> {
+    let collected = request.into_body().collect().await;
+    let lines: String = collected
+        .ok()
+        .and_then(|body| body.trailers().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())))
+        .collect();
+    Response::new(full_body(lines))
 }
 
 async fn verify(request: Request<Incoming>, state: &State) -> Response<TestBody> {
