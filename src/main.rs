@@ -326,8 +326,11 @@ async fn stop_signal() {
 }
 
 fn init_logging(format: LogFormat) {
+    // rustls warns about what clients send (an IP address as SNI, as wrk and
+    // some libraries do): one line per handshake, at a client's command.
+    // wharf counts and logs failed handshakes itself; RUST_LOG can ask for them.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     // Colours only on a terminal: tracing-subscriber writes them by default
     // (unless NO_COLOR), and they would end up as escape codes in journald
     // and log files.
