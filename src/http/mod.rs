@@ -6,6 +6,7 @@
 //! - `upgrade`: a 101 answer turned into a tunnel.
 //! - `plaintext`: the redirect or refusal for plaintext on a TLS port.
 //! - `headers`: hop-by-hop removal and forwarding headers.
+//! - `timer`: the connection's sleeps for its requests' header and response timeouts.
 //! - `error`: what a failure costs the client (status, body).
 
 mod body;
