@@ -6,6 +6,8 @@
 //! Backends are in-process (hyper for HTTP, raw TCP for upgrades) on
 //! 127.0.0.1:0 and answer their own name. Every wait is bounded.
 
+mod support;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -736,6 +738,61 @@ async fn drain_keeps_a_tunnel_open_until_the_drain_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_keeps_a_tunnel_open_until_the_drain_timeout() {
     tunnel_outlives_drain_until_the_drain_timeout("maintenance").await;
+}
+
+/// Tunnels that are not websockets have no close frame: when their server
+/// is drained, each is closed at a moment spread over the pool's
+/// `drain_window`, so that their clients come back a few at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_other_tunnels_spread_over_the_drain_window() {
+    const WINDOW: Duration = Duration::from_secs(2);
+    const TUNNELS: usize = 20;
+    let echo_backend = EchoBackend::start().await;
+    let server = echo_backend.addr;
+    let pools = format!(
+        "[pool.ws]\nservers = [\"{server}\"]\ndrain_window = \"{}ms\"\n",
+        WINDOW.as_millis()
+    );
+    let wharf = start_wharf(&[], "ws", &pools).await;
+    let mut tunnels = Vec::new();
+    for i in 0..TUNNELS {
+        let (mut tunnel, status) = open_tunnel(&wharf).await;
+        assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
+        echo(&mut tunnel, &format!("tunnel {i}")).await;
+        tunnels.push(tunnel);
+    }
+    let drained_at = Instant::now();
+    let reply = set_state(&wharf, "ws", &server.to_string(), "drain").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let closes: Vec<_> = tunnels
+        .into_iter()
+        .map(|mut tunnel| {
+            tokio::spawn(async move {
+                let mut rest = Vec::new();
+                // A close or a reset: either way the tunnel is over.
+                let read = tunnel.read_to_end(&mut rest).await;
+                assert!(
+                    rest.is_empty(),
+                    "bytes after the drain: {rest:?} ({read:?})"
+                );
+                drained_at.elapsed()
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for close in closes {
+        let at = support::within_for(WINDOW + WAIT, "a tunnel closed by the drain", close)
+            .await
+            .expect("the reader");
+        times.push(at);
+    }
+    support::assert_spread_over(
+        WINDOW,
+        &mut times,
+        &format!("{TUNNELS} x-raw tunnels closed"),
+        "",
+    );
+    echo_backend.wait_closed(TUNNELS).await;
 }
 
 /// A connection whose request was in flight when its server was drained is
