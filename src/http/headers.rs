@@ -62,7 +62,8 @@ pub fn strip_request_trailers(trailers: &mut HeaderMap) {
         .filter(|name| {
             HOP_BY_HOP.contains(name)
                 || [header::CONTENT_LENGTH, header::HOST, header::TRAILER, PROXY].contains(name)
-                || is_forwarding(&name.as_str().replace('_', "-"))
+                || is_forwarding(name.as_str())
+                || is_forwarding_lookalike(name.as_str())
         })
         .cloned()
         .collect();
@@ -210,6 +211,12 @@ const CLIENT_CLAIMS: [&str; 11] = [
     "x-host",
 ];
 
+/// Whether `name` reads as a forwarding header once `_` is taken for `-`
+/// (as CGI-style servers map names).
+fn is_forwarding_lookalike(name: &str) -> bool {
+    name.contains('_') && is_forwarding(&name.replace('_', "-"))
+}
+
 /// Whether `name` (lower-case) is a forwarding header of any kind.
 fn is_forwarding(name: &str) -> bool {
     name.starts_with("x-forwarded")
@@ -239,8 +246,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) -> Vec<Ex
     headers.remove(PROXY);
     let lookalikes: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().contains('_'))
-        .filter(|name| is_forwarding(&name.as_str().replace('_', "-")))
+        .filter(|name| is_forwarding_lookalike(name.as_str()))
         .cloned()
         .collect();
     for name in lookalikes {

@@ -62,24 +62,12 @@ pub async fn handle(
     connection: Connection,
     shared: Arc<Shared>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let Connection {
-        client,
-        forwarding,
-        response_timer,
-    } = connection;
+    let client = &connection.client;
     let snapshot = shared.snapshot();
     let mut exchange = Exchange::start(request.method().clone(), request.uri().path().to_owned());
     let started = exchange.started();
     let listener = &client.listener;
-    let response = match forward(
-        request,
-        (&client, &forwarding, &response_timer),
-        &snapshot,
-        &shared,
-        &mut exchange,
-    )
-    .await
-    {
+    let response = match forward(request, &connection, &snapshot, &shared, &mut exchange).await {
         Ok(response) => {
             tracing::debug!(
                 listener = %listener, client = %client.peer, method = %exchange.method(),
@@ -106,7 +94,7 @@ pub async fn handle(
             error_response(&failure.error)
         }
     };
-    Ok(exchange.finish(response, &client, &shared))
+    Ok(exchange.finish(response, client, &shared))
 }
 
 fn error_response(error: &ProxyError) -> Response<ResponseBody> {
@@ -132,15 +120,16 @@ fn error_response(error: &ProxyError) -> Response<ResponseBody> {
 
 async fn forward(
     mut request: Request<Incoming>,
-    (client, forwarding, response_timer): (
-        &Arc<ClientConnection>,
-        &ClientForwarding,
-        &ConnectionTimer,
-    ),
+    connection: &Connection,
     snapshot: &Snapshot,
     shared: &Shared,
     exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, Failure> {
+    let Connection {
+        client,
+        forwarding,
+        response_timer,
+    } = connection;
     let listener = snapshot
         .listener_of(&client.listener, client.local)
         .ok_or(ProxyError::ListenerRemoved)?;

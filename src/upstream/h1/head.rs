@@ -25,9 +25,8 @@ pub fn encode_request(
     out: &mut BytesMut,
 ) {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let fields: usize = headers
-        .iter()
-        .chain(extra.iter().map(|(name, value)| (name, value)))
+    let all_fields = || headers.iter().chain(extra.iter().map(|(n, v)| (n, v)));
+    let fields: usize = all_fields()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     out.reserve(method.as_str().len() + target.len() + 13 + fields + 2);
@@ -35,7 +34,7 @@ pub fn encode_request(
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers.iter().chain(extra.iter().map(|(n, v)| (n, v))) {
+    for (name, value) in all_fields() {
         encode_field(name, value, out);
     }
     out.put_slice(b"\r\n");

@@ -167,7 +167,7 @@ impl ServerConnection {
             &mut probe,
             RecvFlags::PEEK | RecvFlags::DONTWAIT,
         );
-        matches!(peeked, Err(rustix::io::Errno::AGAIN)) && self.is_alive()
+        matches!(peeked, Err(rustix::io::Errno::AGAIN))
     }
 
     /// Reads until a final response head (interim 1xx heads other than 101
