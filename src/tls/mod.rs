@@ -9,6 +9,9 @@
 //!
 //! - [`certs`]: reading and checking the PEM files, the names a certificate is for.
 //! - [`resolve`]: the SNI resolver behind an `ArcSwap`.
+//! - [`stream`]: one connection: rustls for the handshake (and TLS 1.2),
+//!   then [`records`] (TLS 1.3 record protection of wharf's own, with the
+//!   traffic secrets [`secrets`] takes from rustls's key log).
 //!
 //! ALPN: the terminator selects the first of its protocols (today only
 //! `http/1.1`; `h2` can be added with [`TlsTerminator::load_with_alpn`]) that
@@ -18,7 +21,9 @@
 //! pool; the caller sees `alpn_protocol() == None`.
 
 mod certs;
+mod records;
 mod resolve;
+mod secrets;
 mod stream;
 
 use std::fmt;
@@ -137,6 +142,7 @@ impl TlsTerminator {
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = alpn.clone();
         config.ignore_client_order = true;
+        stream::allow_hand_over(&mut config);
         // Shares the session cache (an Arc) with `config`.
         let mut without_alpn = config.clone();
         without_alpn.alpn_protocols.clear();

@@ -8,8 +8,12 @@
 //! there, and records are encrypted into another; a connection keeps bytes of
 //! its own only while a record is incomplete, a record's plaintext did not fit
 //! the reader's buffer, or encrypted bytes wait for the socket. An idle
-//! connection holds no buffer. rustls still does all of TLS (handshake, record
-//! protection, key updates, alerts); this module only moves bytes.
+//! connection holds no buffer.
+//!
+//! rustls does the handshake, and all of TLS 1.2. A TLS 1.3 connection is
+//! then handed over to [`Records`]: wharf's own record protection, which
+//! keeps about 200 bytes where rustls keeps about 3.6 KB (see
+//! [`super::records`]). This module moves the bytes either way.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -19,22 +23,29 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use rustls::ServerConfig;
 use rustls::server::{Acceptor, ClientHello, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
 };
+use rustls::{ProtocolVersion, ServerConfig};
+use thin_vec::ThinVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-/// The most plaintext one record carries (RFC 8446 §5.1).
-const MAX_FRAGMENT: usize = 16_384;
+use super::ALPN_HTTP_1_1;
+use super::records::{Alert, MAX_FRAGMENT, Opened, RecordError, Records};
+use super::secrets::{self, TrafficSecrets};
+
 /// A whole record of the largest kind (TLS 1.2 allows 2 KiB of expansion).
 const MAX_RECORD: usize = 5 + MAX_FRAGMENT + 2048;
 /// Ciphertext is read into this much room per thread: an incomplete record
 /// held over, and room to read at least one more whole record after it.
 const READ_SCRATCH: usize = 2 * MAX_RECORD;
-/// Records are encrypted into this much room per thread: one write's worth.
+/// Records are encrypted into this much room per thread: one write's worth
+/// (and a key update before it).
 const WRITE_SCRATCH: usize = MAX_FRAGMENT + 1024;
+const _: () = assert!(Records::room_for(MAX_FRAGMENT) <= WRITE_SCRATCH);
+/// The ALPN id of HTTP/2, kept for a connection handed over.
+const ALPN_H2: &[u8] = b"h2";
 /// A ClientHello may be joined over records up to this size (rustls's own
 /// limit on a handshake message) before the connection is refused.
 const MAX_HELLO: usize = 0xffff + 5;
@@ -55,20 +66,72 @@ thread_local! {
 /// [`AsyncRead`] and [`AsyncWrite`].
 pub struct TlsConnection<IO> {
     io: IO,
-    tls: UnbufferedServerConnection,
+    tls: Protection,
+    /// The ALPN protocol agreed, once rustls is gone.
+    alpn: Alpn,
+    // The buffers are `ThinVec`s (a pointer, unallocated while empty): an
+    // idle websocket's task holds this for hours, in steps of 128 bytes.
     /// Ciphertext read and not yet processed: an incomplete record, or records
     /// held back while the reader had no room. Empty (unallocated) when idle.
-    received: Vec<u8>,
+    received: ThinVec<u8>,
     /// Plaintext the reader had no room for, from `plaintext_at` on.
-    plaintext: Vec<u8>,
+    plaintext: ThinVec<u8>,
     plaintext_at: usize,
     /// Encoded records the socket has not taken yet, from `unsent_at` on.
-    unsent: Vec<u8>,
+    unsent: ThinVec<u8>,
     unsent_at: usize,
     /// The client sent close_notify or closed its side.
     read_closed: bool,
     /// We sent close_notify.
     write_closed: bool,
+}
+
+/// The ALPN protocols a handed-over connection can have agreed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alpn {
+    None,
+    Http11,
+    H2,
+}
+
+impl Alpn {
+    fn of(protocol: Option<&[u8]>) -> Option<Alpn> {
+        match protocol {
+            None => Some(Alpn::None),
+            Some(ALPN_HTTP_1_1) => Some(Alpn::Http11),
+            Some(ALPN_H2) => Some(Alpn::H2),
+            Some(_) => None,
+        }
+    }
+
+    fn id(self) -> Option<&'static [u8]> {
+        match self {
+            Alpn::None => None,
+            Alpn::Http11 => Some(ALPN_HTTP_1_1),
+            Alpn::H2 => Some(ALPN_H2),
+        }
+    }
+}
+
+/// Who protects the records.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "inline on purpose: `Own` is what an idle TLS websocket holds for hours, and boxing it would add an allocation"
+)]
+enum Protection {
+    /// rustls: the handshake, and TLS 1.2 throughout.
+    Rustls(Box<UnbufferedServerConnection>),
+    /// TLS 1.3 after the handshake.
+    Own(Records),
+    /// Neither, for the moment of the hand-over (and after it failed).
+    HandingOver,
+}
+
+/// Sets up `config` for connections that can be handed over to
+/// [`Records`]: rustls logs the traffic secrets and lets its keys out.
+pub fn allow_hand_over(config: &mut ServerConfig) {
+    config.key_log = Arc::new(secrets::CaptureSecrets);
+    config.enable_secret_extraction = true;
 }
 
 /// What one round of processing ended with.
@@ -110,7 +173,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
         choose: impl FnOnce(&ClientHello<'_>) -> Arc<ServerConfig>,
     ) -> io::Result<Self> {
         let mut acceptor = Acceptor::default();
-        let mut received = Vec::new();
+        let mut received = ThinVec::new();
         let config = loop {
             if received.len() >= MAX_HELLO {
                 return Err(io::Error::new(
@@ -136,7 +199,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
                 Ok(None) => continue,
                 Ok(Some(accepted)) => break choose(&accepted.client_hello()),
                 Err((e, mut alert)) => {
-                    let mut bytes = Vec::new();
+                    let mut bytes = ThinVec::new();
                     if alert.write_all(&mut bytes).is_ok() {
                         let _ = io.write_all(&bytes).await;
                     }
@@ -149,22 +212,71 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let mut connection = TlsConnection {
             io,
-            tls,
+            tls: Protection::Rustls(Box::new(tls)),
+            alpn: Alpn::None,
             received,
-            plaintext: Vec::new(),
+            plaintext: ThinVec::new(),
             plaintext_at: 0,
-            unsent: Vec::new(),
+            unsent: ThinVec::new(),
             unsent_at: 0,
             read_closed: false,
             write_closed: false,
         };
-        poll_fn(|cx| connection.poll_handshake(cx)).await?;
-        Ok(connection)
+        let mut secrets = TrafficSecrets::default();
+        poll_fn(|cx| secrets::capture(&mut secrets, || connection.poll_handshake(cx))).await?;
+        connection.hand_over(&secrets)
+    }
+
+    /// Hands a TLS 1.3 connection whose handshake is done over to
+    /// [`Records`] when rustls logged its secrets (the config allowed it)
+    /// and nothing waits to be sent; otherwise rustls goes on.
+    fn hand_over(mut self, secrets: &TrafficSecrets) -> io::Result<Self> {
+        let Protection::Rustls(tls) = &self.tls else {
+            return Ok(self);
+        };
+        let (Some(client_secret), Some(server_secret)) = (&secrets.client, &secrets.server) else {
+            return Ok(self);
+        };
+        let Some(alpn) = Alpn::of(tls.alpn_protocol()) else {
+            return Ok(self);
+        };
+        let Some(suite) = tls.negotiated_cipher_suite() else {
+            return Ok(self);
+        };
+        if tls.is_handshaking()
+            || tls.wants_write()
+            || tls.protocol_version() != Some(ProtocolVersion::TLSv1_3)
+            || self.unsent_at < self.unsent.len()
+        {
+            return Ok(self);
+        }
+        let Protection::Rustls(tls) = mem::replace(&mut self.tls, Protection::HandingOver) else {
+            unreachable!("matched above");
+        };
+        // Checked above: the handshake is over and rustls has nothing to send.
+        let (extracted, _) = tls.dangerous_into_kernel_connection().map_err(tls_error)?;
+        let records = Records::take_over(
+            suite.suite(),
+            client_secret.as_bytes(),
+            server_secret.as_bytes(),
+            &extracted,
+        )
+        .ok_or_else(|| io::Error::other("TLS keys derived here differ from rustls's"))?;
+        self.tls = Protection::Own(records);
+        self.alpn = alpn;
+        Ok(self)
     }
 
     /// The ALPN protocol agreed, if any.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.tls.alpn_protocol()
+        match &self.tls {
+            Protection::Rustls(tls) => tls.alpn_protocol(),
+            Protection::Own(_) | Protection::HandingOver => self.alpn.id(),
+        }
+    }
+
+    fn is_handshaking(&self) -> bool {
+        matches!(&self.tls, Protection::Rustls(tls) if tls.is_handshaking())
     }
 
     /// The socket under the TLS.
@@ -181,7 +293,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
         loop {
             // Each flight goes out whole before the next is waited for.
             ready!(self.poll_send_unsent(cx))?;
-            if !self.tls.is_handshaking() {
+            if !self.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
             match ready!(self.poll_records(cx, Goal::Handshake)) {
@@ -258,7 +370,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
                 return (Poll::Ready(Ok(stop)), (start, filled));
             }
             if matches!(goal, Goal::Handshake)
-                && (!self.tls.is_handshaking() || self.unsent_at < self.unsent.len())
+                && (!self.is_handshaking() || self.unsent_at < self.unsent.len())
             {
                 // Done, or a flight to send before reading on.
                 return (Poll::Ready(Ok(stop)), (start, filled));
@@ -285,14 +397,125 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
         }
     }
 
-    /// Lets rustls process the records in `data` towards `goal`. Returns how
-    /// many bytes of `data` are finished with, and why it stopped.
+    /// Processes the records in `data` towards `goal`. Returns how many
+    /// bytes of `data` are finished with, and why it stopped.
     fn process(&mut self, data: &mut [u8], goal: &mut Goal<'_, '_>) -> io::Result<(usize, Stop)> {
+        match self.tls {
+            Protection::Rustls(_) => self.process_rustls(data, goal),
+            Protection::Own(_) => self.process_own(data, goal),
+            Protection::HandingOver => Err(io::Error::other("TLS hand-over failed")),
+        }
+    }
+
+    /// [`process`](Self::process) by wharf's own TLS 1.3 records.
+    fn process_own(
+        &mut self,
+        data: &mut [u8],
+        goal: &mut Goal<'_, '_>,
+    ) -> io::Result<(usize, Stop)> {
+        let Protection::Own(records) = &mut self.tls else {
+            return Err(io::Error::other("TLS records are rustls's"));
+        };
+        let out = match goal {
+            Goal::Read(out) => out,
+            Goal::Handshake => return Ok((0, Stop::Data)),
+            Goal::Write { plaintext, room } => {
+                return match records.seal_data(plaintext, room) {
+                    Ok(n) => Ok((0, Stop::Encrypted(n))),
+                    Err(e) => Err(record_error(e)),
+                };
+            }
+            Goal::Close => {
+                append_encoded(&mut self.unsent, &mut self.unsent_at, |room| {
+                    records
+                        .seal_alert(Alert::CloseNotify, room)
+                        .map_err(|e| Failure::Broken(record_error(e)))
+                })?;
+                return Ok((0, Stop::Closed));
+            }
+        };
+        let mut opener = None;
+        let mut used = 0;
+        let mut delivered = false;
+        let failed = loop {
+            let rest = &mut data[used..];
+            let len = match Records::record_len(rest) {
+                Ok(Some(len)) if len <= rest.len() => len,
+                Ok(_) => {
+                    let stop = if delivered {
+                        Stop::Data
+                    } else {
+                        Stop::NeedMore
+                    };
+                    return Ok((used, stop));
+                }
+                Err(e) => break e,
+            };
+            let key = match &mut opener {
+                Some(key) => key,
+                None => match records.opener() {
+                    Ok(key) => opener.insert(key),
+                    Err(e) => break e,
+                },
+            };
+            let record = &mut rest[..len];
+            used += len;
+            match records.open(key, record) {
+                Err(e) => break e,
+                Ok(Opened::Data(range)) => {
+                    let payload = &record[range];
+                    let n = payload.len().min(out.remaining());
+                    out.put_slice(&payload[..n]);
+                    delivered = true;
+                    if n < payload.len() {
+                        keep_plaintext(&mut self.plaintext, &mut self.plaintext_at, &payload[n..]);
+                        return Ok((used, Stop::Data));
+                    }
+                    if out.remaining() == 0 {
+                        return Ok((used, Stop::Data));
+                    }
+                }
+                Ok(Opened::Closed) => {
+                    self.read_closed = true;
+                    return Ok((used, Stop::Eof));
+                }
+                Ok(Opened::Nothing) => {}
+                Ok(Opened::KeyUpdateAsked) => {
+                    append_encoded(&mut self.unsent, &mut self.unsent_at, |room| {
+                        records
+                            .seal_key_update(room)
+                            .map_err(|e| Failure::Broken(record_error(e)))
+                    })?;
+                }
+            }
+        };
+        // Nothing more is read; why the connection ends goes to the client
+        // if the socket takes it.
+        self.read_closed = true;
+        if let Some(alert) = failed.alert {
+            let _ = append_encoded(&mut self.unsent, &mut self.unsent_at, |room| {
+                records
+                    .seal_alert(alert, room)
+                    .map_err(|e| Failure::Broken(record_error(e)))
+            });
+        }
+        Err(record_error(failed))
+    }
+
+    /// [`process`](Self::process) by rustls.
+    fn process_rustls(
+        &mut self,
+        data: &mut [u8],
+        goal: &mut Goal<'_, '_>,
+    ) -> io::Result<(usize, Stop)> {
         let mut used = 0;
         let mut delivered = false;
         loop {
+            let Protection::Rustls(tls) = &mut self.tls else {
+                return Err(io::Error::other("TLS records are wharf's"));
+            };
             let UnbufferedStatus { mut discard, state } =
-                self.tls.process_tls_records(&mut data[used..]);
+                tls.process_tls_records(&mut data[used..]);
             let state = match state {
                 Ok(state) => state,
                 Err(e) => {
@@ -403,9 +626,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
 
     /// Queues the alert rustls prepared for an error, for a best-effort send.
     fn queue_alert(&mut self) {
-        while self.tls.wants_write() {
+        let Protection::Rustls(tls) = &mut self.tls else {
+            return;
+        };
+        while tls.wants_write() {
             // Only queued records are taken: nothing is read from the empty slice.
-            let status = self.tls.process_tls_records(&mut []);
+            let status = tls.process_tls_records(&mut []);
             let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state else {
                 return;
             };
@@ -427,7 +653,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
             }
             self.unsent_at += n;
         }
-        self.unsent = Vec::new();
+        self.unsent = ThinVec::new();
         self.unsent_at = 0;
         Poll::Ready(Ok(()))
     }
@@ -440,7 +666,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
         if let Ok((used, _)) = &result {
             held.drain(..*used);
         }
-        self.received = if held.is_empty() { Vec::new() } else { held };
+        self.received = if held.is_empty() {
+            ThinVec::new()
+        } else {
+            held
+        };
         result.map(|(_, stop)| stop)
     }
 }
@@ -457,7 +687,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConnection<IO> {
             buf.put_slice(&this.plaintext[this.plaintext_at..this.plaintext_at + n]);
             this.plaintext_at += n;
             if this.plaintext_at == this.plaintext.len() {
-                this.plaintext = Vec::new();
+                this.plaintext = ThinVec::new();
                 this.plaintext_at = 0;
             }
             return Poll::Ready(Ok(()));
@@ -546,22 +776,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConnection<IO> {
 
 /// `rest` to keep, in `buffer`'s allocation when it is big enough; no
 /// allocation at all when `rest` is empty.
-fn keep(mut buffer: Vec<u8>, rest: &[u8]) -> Vec<u8> {
+fn keep(mut buffer: ThinVec<u8>, rest: &[u8]) -> ThinVec<u8> {
     if rest.is_empty() {
-        return Vec::new();
+        return ThinVec::new();
     }
     buffer.clear();
     buffer.extend_from_slice(rest);
     buffer
 }
 
-fn keep_plaintext(plaintext: &mut Vec<u8>, at: &mut usize, bytes: &[u8]) {
+fn keep_plaintext(plaintext: &mut ThinVec<u8>, at: &mut usize, bytes: &[u8]) {
     drop_taken(plaintext, at);
     plaintext.extend_from_slice(bytes);
 }
 
 /// Drops the bytes of `buffer` before `at` (already taken), before more are added.
-fn drop_taken(buffer: &mut Vec<u8>, at: &mut usize) {
+fn drop_taken(buffer: &mut ThinVec<u8>, at: &mut usize) {
     if *at > 0 {
         buffer.drain(..*at);
         *at = 0;
@@ -599,7 +829,7 @@ impl From<EncryptError> for Failure {
 
 /// Appends what `encode` writes to `queue`, giving it the room it asks for.
 fn append_encoded(
-    queue: &mut Vec<u8>,
+    queue: &mut ThinVec<u8>,
     at: &mut usize,
     mut encode: impl FnMut(&mut [u8]) -> Result<usize, Failure>,
 ) -> io::Result<()> {
@@ -630,6 +860,10 @@ fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+fn record_error(e: RecordError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,12 +875,12 @@ mod tests {
         let (cert, key) = crate::tls::self_signed(&["localhost"]).unwrap();
         let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let server_config = Arc::new(
-            ServerConfig::builder()
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.clone()], key)
-                .unwrap(),
-        );
+        let mut server_config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        allow_hand_over(&mut server_config);
+        let server_config = Arc::new(server_config);
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).unwrap();
         (server_config, roots)
@@ -664,8 +898,7 @@ mod tests {
                 .with_root_certificates(roots)
                 .with_no_client_auth(),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = listen().await;
         let client = tokio::spawn(async move {
             let mut tcp = TcpStream::connect(addr).await.unwrap();
             let name = ServerName::try_from("localhost").unwrap();
@@ -688,11 +921,14 @@ mod tests {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut server = TlsConnection {
             io: tcp,
-            tls: UnbufferedServerConnection::new(server_config).unwrap(),
-            received: Vec::new(),
-            plaintext: Vec::new(),
+            tls: Protection::Rustls(Box::new(
+                UnbufferedServerConnection::new(server_config).unwrap(),
+            )),
+            alpn: Alpn::None,
+            received: ThinVec::new(),
+            plaintext: ThinVec::new(),
             plaintext_at: 0,
-            unsent: Vec::new(),
+            unsent: ThinVec::new(),
             unsent_at: 0,
             read_closed: false,
             write_closed: false,
@@ -716,20 +952,10 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_holds_no_buffer() {
         let (server_config, roots) = test_configs();
-        let client_config = Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let client_config = client_config(roots);
+        let (listener, addr) = listen().await;
         let client = tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let name = ServerName::try_from("localhost").unwrap();
-            let mut tls = tokio_rustls::TlsConnector::from(client_config)
-                .connect(name, tcp)
-                .await
-                .unwrap();
+            let mut tls = connect(addr, client_config).await;
             tls.write_all(&[7; 40_000]).await.unwrap();
             let mut back = vec![0; 40_000];
             tls.read_exact(&mut back).await.unwrap();
@@ -738,6 +964,10 @@ mod tests {
         });
         let (tcp, _) = listener.accept().await.unwrap();
         let mut server = TlsConnection::accept(tcp, |_| server_config).await.unwrap();
+        assert!(
+            matches!(server.tls, Protection::Own(_)),
+            "TLS 1.3 is handed over"
+        );
         let mut got = vec![0; 40_000];
         let mut at = 0;
         while at < got.len() {
@@ -757,5 +987,165 @@ mod tests {
         assert_eq!(server.received.capacity(), 0);
         assert_eq!(server.plaintext.capacity(), 0);
         assert_eq!(server.unsent.capacity(), 0);
+    }
+
+    fn client_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    }
+
+    async fn listen() -> (TcpListener, std::net::SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    async fn connect(
+        addr: std::net::SocketAddr,
+        config: rustls::ClientConfig,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    }
+
+    /// Reads from `server` until `len` bytes came, echoing them back.
+    async fn echo(server: &mut TlsConnection<TcpStream>, len: usize) -> Vec<u8> {
+        let mut got = vec![0; len];
+        server.read_exact(&mut got).await.unwrap();
+        server.write_all(&got).await.unwrap();
+        server.flush().await.unwrap();
+        got
+    }
+
+    /// A client's key update, asking for ours, is followed both ways: data
+    /// before and after it goes through, and so does close_notify.
+    #[tokio::test]
+    async fn a_handed_over_connection_follows_key_updates_and_closes() {
+        let (server_config, roots) = test_configs();
+        let client_config = client_config(roots);
+        let (listener, addr) = listen().await;
+        let client = tokio::spawn(async move {
+            let mut tls = connect(addr, client_config).await;
+            let mut back = vec![0; 5000];
+            for round in 0..3u8 {
+                tls.write_all(&[round; 5000]).await.unwrap();
+                tls.flush().await.unwrap();
+                tls.read_exact(&mut back).await.unwrap();
+                assert_eq!(back, vec![round; 5000]);
+                // rustls sends a KeyUpdate that asks for the server's.
+                tls.get_mut().1.refresh_traffic_keys().unwrap();
+            }
+            tls.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            tls.read_to_end(&mut rest).await.unwrap();
+            rest
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut server = TlsConnection::accept(tcp, |_| server_config).await.unwrap();
+        assert!(matches!(server.tls, Protection::Own(_)));
+        for round in 0..3u8 {
+            assert_eq!(echo(&mut server, 5000).await, vec![round; 5000]);
+        }
+        let mut end = [0u8; 1];
+        assert_eq!(
+            server.read(&mut end).await.unwrap(),
+            0,
+            "close_notify ends the stream"
+        );
+        server.shutdown().await.unwrap();
+        assert!(client.await.unwrap().is_empty());
+    }
+
+    /// A record changed on the way ends the connection with bad_record_mac.
+    #[tokio::test]
+    async fn a_changed_record_ends_a_handed_over_connection() {
+        let (server_config, roots) = test_configs();
+        let client_config = Arc::new(client_config(roots));
+        let (listener, addr) = listen().await;
+        let client = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = rustls::ClientConnection::new(client_config, name).unwrap();
+            let mut buf = vec![0; 65536];
+            while conn.is_handshaking() {
+                while conn.wants_write() {
+                    let mut out = Vec::new();
+                    conn.write_tls(&mut out).unwrap();
+                    tcp.write_all(&out).await.unwrap();
+                }
+                if !conn.is_handshaking() {
+                    break;
+                }
+                let n = tcp.read(&mut buf).await.unwrap();
+                conn.read_tls(&mut &buf[..n]).unwrap();
+                conn.process_new_packets().unwrap();
+            }
+            // The Finished goes alone, and the tickets the server sends once
+            // it has it show the handshake is over on its side.
+            let mut out = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut out).unwrap();
+            }
+            tcp.write_all(&out).await.unwrap();
+            let n = tcp.read(&mut buf).await.unwrap();
+            conn.read_tls(&mut &buf[..n]).unwrap();
+            conn.process_new_packets().unwrap();
+            std::io::Write::write_all(&mut conn.writer(), b"hello").unwrap();
+            let mut out = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut out).unwrap();
+            }
+            let last = out.len() - 1;
+            out[last] ^= 1;
+            tcp.write_all(&out).await.unwrap();
+            // What the server sends back: an alert.
+            let mut back = Vec::new();
+            tcp.read_to_end(&mut back).await.unwrap();
+            conn.read_tls(&mut &back[..]).unwrap();
+            conn.process_new_packets().unwrap_err()
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut server = TlsConnection::accept(tcp, |_| server_config).await.unwrap();
+        let mut got = [0u8; 16];
+        let e = server.read(&mut got).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        drop(server);
+        let alert = client.await.unwrap();
+        assert!(
+            alert.to_string().contains("BadRecordMac"),
+            "the client hears why: {alert}"
+        );
+    }
+
+    /// TLS 1.2 stays with rustls; a handed-over connection is small.
+    #[tokio::test]
+    async fn tls_1_2_stays_with_rustls_and_tls_1_3_is_small() {
+        let (server_config, roots) = test_configs();
+        let (listener, addr) = listen().await;
+        let tls12 =
+            rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let client = tokio::spawn(async move {
+            let mut tls = connect(addr, tls12).await;
+            tls.write_all(b"twelve").await.unwrap();
+            let mut back = [0u8; 6];
+            tls.read_exact(&mut back).await.unwrap();
+            back
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut server = TlsConnection::accept(tcp, |_| server_config).await.unwrap();
+        assert!(matches!(server.tls, Protection::Rustls(_)));
+        assert_eq!(echo(&mut server, 6).await, b"twelve");
+        assert_eq!(&client.await.unwrap(), b"twelve");
+        // What an idle websocket's TLS costs, all of it inline (rustls's
+        // connection was 1.3 KB, and as much again on the heap).
+        let size = std::mem::size_of::<TlsConnection<TcpStream>>();
+        assert!(size <= 296, "TlsConnection<TcpStream> is {size} bytes");
     }
 }

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use thin_vec::ThinVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frame::{self, FrameTracker, Opcode, Sender, Step, Violation};
@@ -28,10 +29,14 @@ thread_local! {
 }
 
 /// Bytes on their way to the receiver that it has not taken yet.
+///
+/// The flow's buffers are `ThinVec`s (one pointer, no allocation while
+/// empty), not `Vec`s (three words): an idle websocket's task holds two
+/// flows for hours, and tokio sizes a task in steps of 128 bytes.
 #[derive(Default)]
 struct Out {
     /// Empty (no allocation) unless the receiver is slower than the sender.
-    pending: Vec<u8>,
+    pending: ThinVec<u8>,
     written: usize,
     /// Written but maybe not flushed (a TLS stream holds records back).
     unflushed: bool,
@@ -90,7 +95,7 @@ impl Out {
             }
         }
         if !self.pending.is_empty() {
-            self.pending = Vec::new();
+            self.pending = ThinVec::new();
             self.written = 0;
         }
         if self.unflushed {
@@ -135,11 +140,11 @@ pub(super) struct Watch<'a> {
 pub(super) struct Flow {
     out: Out,
     /// The start of a header or control frame, held until it is whole.
-    held: Vec<u8>,
+    held: ThinVec<u8>,
     /// Bytes read before the tunnel started (after the HTTP head), sent first.
-    early: Bytes,
+    early: ThinVec<u8>,
     /// Frames wharf inserts at the next frame boundary.
-    waiting: Vec<u8>,
+    waiting: ThinVec<u8>,
     /// `waiting` ends with a close frame.
     waiting_close: bool,
     tracker: Option<FrameTracker>,
@@ -158,15 +163,10 @@ pub(super) struct Flow {
 
 impl Flow {
     pub fn new(early: Bytes, tracker: Option<FrameTracker>) -> Self {
-        // Even an empty `Bytes` may hold hyper's whole read buffer alive.
-        let early = if early.is_empty() {
-            Bytes::new()
-        } else {
-            early
-        };
+        // Copied: a `Bytes` may hold hyper's whole read buffer alive.
         Flow {
             bytes: early.len() as u64,
-            early,
+            early: ThinVec::from(&early[..]),
             tracker,
             ..Flow::default()
         }
@@ -201,7 +201,7 @@ impl Flow {
     /// but for a shutdown.
     pub fn stop_passing(&mut self) {
         self.dropping = true;
-        self.waiting = Vec::new();
+        self.waiting = ThinVec::new();
         self.out = Out::default();
     }
 
@@ -357,7 +357,7 @@ impl Flow {
                     pos += control.len;
                 }
                 Step::NeedMore => {
-                    self.held = chunk[pos..].to_vec();
+                    self.held = ThinVec::from(&chunk[pos..]);
                     break;
                 }
                 Step::Violation(violation) => {
@@ -394,7 +394,7 @@ impl Flow {
         cx: &mut Context<'_>,
     ) -> io::Result<()> {
         if self.dropping {
-            self.waiting = Vec::new();
+            self.waiting = ThinVec::new();
             return Ok(());
         }
         let waiting = std::mem::take(&mut self.waiting);

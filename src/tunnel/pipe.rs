@@ -406,3 +406,24 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Tunnel;
+    use crate::tls::TlsConnection;
+    use tokio::net::TcpStream;
+
+    /// An idle websocket's task holds its tunnel for hours, and tokio
+    /// allocates a task in steps of 128 bytes (its cell is cache-line
+    /// aligned), about 100 bytes of them its own; wharf's task adds 72 around
+    /// the tunnel (`http::upgrade`). These bounds keep a plain tunnel's task
+    /// at 768 bytes and a TLS one's at 1,024 (`bench/run --only idle`: 1,626
+    /// and 1,931 bytes of RSS per websocket; one class more is 128 more).
+    #[test]
+    fn an_idle_tunnels_task_stays_in_its_size_class() {
+        let plain = std::mem::size_of::<Tunnel<TcpStream, TcpStream>>();
+        let tls = std::mem::size_of::<Tunnel<TlsConnection<TcpStream>, TcpStream>>();
+        assert!(plain <= 768 - 104 - 72, "a plain tunnel is {plain} bytes");
+        assert!(tls <= 1024 - 104 - 72, "a TLS tunnel is {tls} bytes");
+    }
+}
