@@ -37,6 +37,11 @@ const MAX_CIPHERTEXT: usize = MAX_FRAGMENT + 256;
 /// As rustls: more empty application-data records in a row than this is a
 /// peer burning our time.
 const MAX_EMPTY_IN_A_ROW: u8 = 32;
+/// As rustls (and BoringSSL): KeyUpdates between two application data
+/// records.
+const MAX_KEY_UPDATES_IN_A_ROW: u8 = 32;
+/// As rustls: warning alerts (user_canceled) before data.
+const MAX_WARNINGS_IN_A_ROW: u8 = 4;
 
 const TYPE_ALERT: u8 = 21;
 const TYPE_HANDSHAKE: u8 = 22;
@@ -50,6 +55,7 @@ pub enum Alert {
     UnexpectedMessage = 10,
     BadRecordMac = 20,
     RecordOverflow = 22,
+    IllegalParameter = 47,
     DecodeError = 50,
     InternalError = 80,
 }
@@ -130,20 +136,22 @@ impl hkdf::KeyType for Len {
     }
 }
 
-/// HKDF-Expand-Label with an empty context (RFC 8446 §7.1).
-fn expand_label(alg: hkdf::Algorithm, secret: &[u8], label: &[u8], out: &mut [u8]) {
+/// HKDF-Expand-Label with an empty context (RFC 8446 §7.1). Lengths here
+/// are at most 48 bytes, far under HKDF's limit: an error cannot happen, but
+/// is one rather than a key of zeroes.
+fn expand_label(
+    alg: hkdf::Algorithm,
+    secret: &[u8],
+    label: &[u8],
+    out: &mut [u8],
+) -> Result<(), RecordError> {
     let prk = hkdf::Prk::new_less_safe(alg, secret);
     let length = (out.len() as u16).to_be_bytes();
     let label_len = [(6 + label.len()) as u8];
     let info: [&[u8]; 5] = [&length, &label_len, b"tls13 ", label, &[0]];
-    // Lengths here are at most 48 bytes, far under HKDF's 255 hash blocks.
-    if prk
-        .expand(&info, Len(out.len()))
+    prk.expand(&info, Len(out.len()))
         .and_then(|okm| okm.fill(out))
-        .is_err()
-    {
-        out.zeroize();
-    }
+        .map_err(|_| fail(Alert::InternalError, "TLS key derivation failed"))
 }
 
 /// One direction's keys: the traffic secret they come from, and where the
@@ -156,7 +164,8 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(suite: Suite, secret: &[u8], seq: u64) -> Direction {
+    /// `secret` is the suite's hash long (checked by the caller).
+    fn new(suite: Suite, secret: &[u8], seq: u64) -> Result<Direction, RecordError> {
         let mut direction = Direction {
             secret: [0; 48],
             key: [0; 32],
@@ -164,22 +173,22 @@ impl Direction {
             seq,
         };
         direction.secret[..secret.len()].copy_from_slice(secret);
-        direction.derive(suite);
-        direction
+        direction.derive(suite)?;
+        Ok(direction)
     }
 
-    fn derive(&mut self, suite: Suite) {
+    fn derive(&mut self, suite: Suite) -> Result<(), RecordError> {
         let secret = &self.secret[..suite.secret_len()];
         let key_len = suite.aead().key_len();
-        expand_label(suite.hkdf(), secret, b"key", &mut self.key[..key_len]);
-        expand_label(suite.hkdf(), secret, b"iv", &mut self.iv);
+        expand_label(suite.hkdf(), secret, b"key", &mut self.key[..key_len])?;
+        expand_label(suite.hkdf(), secret, b"iv", &mut self.iv)
     }
 
     /// The next generation of keys (RFC 8446 §7.2).
-    fn update(&mut self, suite: Suite) {
+    fn update(&mut self, suite: Suite) -> Result<(), RecordError> {
         let len = suite.secret_len();
         let mut next = [0u8; 48];
-        expand_label(
+        let expanded = expand_label(
             suite.hkdf(),
             &self.secret[..len],
             b"traffic upd",
@@ -187,8 +196,9 @@ impl Direction {
         );
         self.secret = next;
         next.zeroize();
-        self.derive(suite);
+        expanded?;
         self.seq = 0;
+        self.derive(suite)
     }
 
     fn aead_key(&self, suite: Suite) -> Result<aead::LessSafeKey, RecordError> {
@@ -241,6 +251,10 @@ pub struct Records {
     rx: Direction,
     tx: Direction,
     empty_in_a_row: u8,
+    key_updates_in_a_row: u8,
+    warnings_in_a_row: u8,
+    /// The client asked for our KeyUpdate and it is not sealed yet.
+    owes_key_update: bool,
 }
 
 impl std::fmt::Debug for Records {
@@ -266,11 +280,14 @@ impl Records {
         if client_secret.len() != suite.secret_len() || server_secret.len() != suite.secret_len() {
             return None;
         }
-        let records = Records {
+        let mut records = Records {
             suite,
-            rx: Direction::new(suite, client_secret, extracted.rx.0),
-            tx: Direction::new(suite, server_secret, extracted.tx.0),
+            rx: Direction::new(suite, client_secret, extracted.rx.0).ok()?,
+            tx: Direction::new(suite, server_secret, extracted.tx.0).ok()?,
             empty_in_a_row: 0,
+            key_updates_in_a_row: 0,
+            warnings_in_a_row: 0,
+            owes_key_update: false,
         };
         let key_len = suite.aead().key_len();
         let same = |direction: &Direction, theirs: &ConnectionTrafficSecrets| {
@@ -282,8 +299,22 @@ impl Records {
             };
             direction.key[..key_len] == *key.as_ref() && direction.iv[..] == *iv.as_ref()
         };
+        // rustls may have followed KeyUpdates that came with the client's
+        // Finished (at most 32 in a row): its key is then a later generation.
+        for _ in 0..MAX_KEY_UPDATES_IN_A_ROW {
+            if same(&records.rx, &extracted.rx.1) {
+                break;
+            }
+            records.rx.update(suite).ok()?;
+            records.rx.seq = extracted.rx.0;
+        }
         (same(&records.rx, &extracted.rx.1) && same(&records.tx, &extracted.tx.1))
             .then_some(records)
+    }
+
+    /// A KeyUpdate answer waits to be sealed.
+    pub fn owes_key_update(&self) -> bool {
+        self.owes_key_update
     }
 
     /// The key that opens the client's records, for one batch of them.
@@ -326,6 +357,10 @@ impl Records {
             .map_err(|_| fail(Alert::BadRecordMac, "TLS record failed authentication"))?
             .len();
         // The content type is the last byte that is not padding.
+        if inner_len > MAX_FRAGMENT + 1 {
+            // Padding included (RFC 8446 §5.4).
+            return Err(fail(Alert::RecordOverflow, "TLS plaintext too large"));
+        }
         let inner = &body[..inner_len];
         let Some(type_at) = inner.iter().rposition(|&b| b != 0) else {
             return Err(fail(
@@ -347,16 +382,32 @@ impl Records {
                     return Ok(Opened::Nothing);
                 }
                 self.empty_in_a_row = 0;
+                self.key_updates_in_a_row = 0;
+                self.warnings_in_a_row = 0;
                 Ok(Opened::Data(HEADER_LEN..HEADER_LEN + type_at))
             }
-            TYPE_ALERT => match content {
+            TYPE_ALERT => match *content {
+                // In TLS 1.3 every alert but these two is fatal (RFC 8446 §6).
                 [_, 0] => Ok(Opened::Closed),
                 // user_canceled: a close_notify is to follow.
-                [_, 90] => Ok(Opened::Nothing),
-                [_, _] => Err(RecordError {
+                [1 | 2, 90] => {
+                    self.warnings_in_a_row += 1;
+                    if self.warnings_in_a_row > MAX_WARNINGS_IN_A_ROW {
+                        return Err(fail(
+                            Alert::UnexpectedMessage,
+                            "too many TLS warning alerts",
+                        ));
+                    }
+                    Ok(Opened::Nothing)
+                }
+                [1 | 2, _] => Err(RecordError {
                     alert: None,
                     reason: "the client ended the connection with a TLS alert",
                 }),
+                [_, _] => Err(fail(
+                    Alert::IllegalParameter,
+                    "TLS alert of an unknown level",
+                )),
                 _ => Err(fail(Alert::DecodeError, "malformed TLS alert")),
             },
             TYPE_HANDSHAKE => {
@@ -369,15 +420,20 @@ impl Records {
                     ));
                 };
                 if request > 1 {
-                    return Err(fail(Alert::DecodeError, "malformed TLS KeyUpdate"));
+                    return Err(fail(Alert::IllegalParameter, "malformed TLS KeyUpdate"));
                 }
-                self.rx.update(self.suite);
+                self.key_updates_in_a_row += 1;
+                if self.key_updates_in_a_row > MAX_KEY_UPDATES_IN_A_ROW {
+                    return Err(fail(Alert::UnexpectedMessage, "too many TLS KeyUpdates"));
+                }
+                self.rx.update(self.suite)?;
                 *opener = self.opener()?;
-                Ok(if request == 1 {
-                    Opened::KeyUpdateAsked
-                } else {
-                    Opened::Nothing
-                })
+                if request == 1 {
+                    // One answer for any number of requests (RFC 8446 §4.6.3).
+                    self.owes_key_update = true;
+                    return Ok(Opened::KeyUpdateAsked);
+                }
+                Ok(Opened::Nothing)
             }
             _ => Err(fail(Alert::UnexpectedMessage, "unknown TLS content type")),
         }
@@ -390,7 +446,7 @@ impl Records {
     /// new key.
     pub fn seal_data(&mut self, plaintext: &[u8], room: &mut [u8]) -> Result<usize, RecordError> {
         let mut at = 0;
-        if self.tx.seq >= self.suite.confidentiality_limit() {
+        if self.owes_key_update || self.tx.seq >= self.suite.confidentiality_limit() {
             at = self.seal_key_update(room)?;
         }
         let key = self.tx.aead_key(self.suite)?;
@@ -422,7 +478,8 @@ impl Records {
             &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0],
             room,
         )?;
-        self.tx.update(self.suite);
+        self.tx.update(self.suite)?;
+        self.owes_key_update = false;
         Ok(n)
     }
 
@@ -459,3 +516,36 @@ const KEY_UPDATE_RECORD: usize = OVERHEAD + 5;
 #[cfg(test)]
 #[path = "records_tests.rs"]
 mod tests;
+
+/// A client's side of the records, driven by hand in tests.
+#[cfg(test)]
+impl Records {
+    /// A record sealed as this side sends it, whatever its inner plaintext
+    /// (content, type, padding).
+    pub(crate) fn seal_inner(&mut self, inner: &[u8]) -> Vec<u8> {
+        let key = self.tx.aead_key(self.suite).unwrap();
+        let mut record = vec![TYPE_APPLICATION_DATA, 3, 3];
+        record.extend_from_slice(&((inner.len() + TAG_LEN) as u16).to_be_bytes());
+        let mut body = inner.to_vec();
+        let nonce = self.tx.next_nonce().unwrap();
+        let tag = key
+            .seal_in_place_separate_tag(nonce, aead::Aad::from(&record[..]), &mut body)
+            .unwrap();
+        record.extend_from_slice(&body);
+        record.extend_from_slice(tag.as_ref());
+        record
+    }
+
+    /// `content`, then `content_type`, then `padding` zero bytes, sealed.
+    pub(crate) fn seal_raw(&mut self, content_type: u8, content: &[u8], padding: usize) -> Vec<u8> {
+        let mut inner = content.to_vec();
+        inner.push(content_type);
+        inner.resize(inner.len() + padding, 0);
+        self.seal_inner(&inner)
+    }
+
+    /// Moves this side's sending key on, as after sending a KeyUpdate.
+    pub(crate) fn update_tx_for_test(&mut self) {
+        self.tx.update(self.suite).unwrap();
+    }
+}

@@ -8,26 +8,14 @@ fn pair(suite: Suite) -> (Records, Records) {
     let server = [0x22u8; 48];
     let make = |rx: &[u8], tx: &[u8]| Records {
         suite,
-        rx: Direction::new(suite, &rx[..len], 0),
-        tx: Direction::new(suite, &tx[..len], 0),
+        rx: Direction::new(suite, &rx[..len], 0).unwrap(),
+        tx: Direction::new(suite, &tx[..len], 0).unwrap(),
         empty_in_a_row: 0,
+        key_updates_in_a_row: 0,
+        warnings_in_a_row: 0,
+        owes_key_update: false,
     };
     (make(&client, &server), make(&server, &client))
-}
-
-/// A record from `from` with this inner plaintext (content, type, padding).
-fn seal_inner(from: &mut Records, inner: &[u8]) -> Vec<u8> {
-    let key = from.tx.aead_key(from.suite).unwrap();
-    let mut record = vec![TYPE_APPLICATION_DATA, 3, 3];
-    record.extend_from_slice(&((inner.len() + TAG_LEN) as u16).to_be_bytes());
-    let mut body = inner.to_vec();
-    let nonce = from.tx.next_nonce().unwrap();
-    let tag = key
-        .seal_in_place_separate_tag(nonce, aead::Aad::from(&record[..]), &mut body)
-        .unwrap();
-    record.extend_from_slice(&body);
-    record.extend_from_slice(tag.as_ref());
-    record
 }
 
 fn seal(from: &mut Records, plaintext: &[u8]) -> Vec<u8> {
@@ -63,7 +51,7 @@ fn keys_are_derived_as_in_rfc_8448() {
         0x32, 0x82, 0x04, 0xb4, 0xf4, 0x4b, 0xfb, 0x6b, 0x3a, 0x4b, 0x4f, 0x1f, 0x3f, 0xcb, 0x63,
         0x16, 0x43,
     ];
-    let direction = Direction::new(Suite::Aes128Gcm, &secret, 0);
+    let direction = Direction::new(Suite::Aes128Gcm, &secret, 0).unwrap();
     assert_eq!(
         direction.key[..16],
         [
@@ -97,10 +85,10 @@ fn data_goes_both_ways_in_every_suite() {
 #[test]
 fn padding_is_removed_and_an_all_padding_record_refused() {
     let (mut wharf, mut client) = pair(Suite::Aes128Gcm);
-    let record = seal_inner(&mut client, b"abc\x17\0\0\0\0");
+    let record = client.seal_inner(b"abc\x17\0\0\0\0");
     let (data, _) = open_all(&mut wharf, record).unwrap();
     assert_eq!(data, b"abc");
-    let record = seal_inner(&mut client, &[0; 8]);
+    let record = client.seal_inner(&[0; 8]);
     let e = open_all(&mut wharf, record).unwrap_err();
     assert_eq!(e.alert, Some(Alert::UnexpectedMessage));
 }
@@ -126,11 +114,8 @@ fn a_key_update_that_asks_for_ours_is_answered() {
     for suite in [Suite::Aes128Gcm, Suite::Aes256Gcm, Suite::Chacha20Poly1305] {
         let (mut wharf, mut client) = pair(suite);
         let mut bytes = seal(&mut client, b"before");
-        bytes.extend(seal_inner(
-            &mut client,
-            &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 1, TYPE_HANDSHAKE],
-        ));
-        client.tx.update(suite);
+        bytes.extend(client.seal_inner(&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 1, TYPE_HANDSHAKE]));
+        client.tx.update(suite).unwrap();
         bytes.extend(seal(&mut client, b"after"));
         let (data, others) = open_all(&mut wharf, bytes).unwrap();
         assert_eq!(data, b"beforeafter");
@@ -161,7 +146,7 @@ fn the_sending_key_is_updated_at_its_limit() {
 #[test]
 fn alerts_end_or_are_ignored() {
     let (mut wharf, mut client) = pair(Suite::Aes128Gcm);
-    let record = seal_inner(&mut client, &[1, 90, TYPE_ALERT]);
+    let record = client.seal_inner(&[1, 90, TYPE_ALERT]);
     assert_eq!(open_all(&mut wharf, record).unwrap().1, [Opened::Nothing]);
     let mut room = [0; 64];
     let n = client.seal_alert(Alert::CloseNotify, &mut room).unwrap();
@@ -169,11 +154,23 @@ fn alerts_end_or_are_ignored() {
         open_all(&mut wharf, room[..n].to_vec()).unwrap().1,
         [Opened::Closed]
     );
+    // A few warnings (user_canceled) pass, one above, not endless ones.
+    for _ in 1..MAX_WARNINGS_IN_A_ROW {
+        let record = client.seal_inner(&[1, 90, TYPE_ALERT]);
+        assert_eq!(open_all(&mut wharf, record).unwrap().1, [Opened::Nothing]);
+    }
+    let record = client.seal_inner(&[1, 90, TYPE_ALERT]);
+    let e = open_all(&mut wharf, record).unwrap_err();
+    assert_eq!(e.alert, Some(Alert::UnexpectedMessage));
+    let (mut wharf, mut client) = pair(Suite::Aes128Gcm);
+    let record = client.seal_inner(&[3, 40, TYPE_ALERT]);
+    let e = open_all(&mut wharf, record).unwrap_err();
+    assert_eq!(e.alert, Some(Alert::IllegalParameter), "an unknown level");
     // A fatal alert of the client's gets none back.
-    let record = seal_inner(&mut client, &[2, 40, TYPE_ALERT]);
+    let record = client.seal_inner(&[2, 40, TYPE_ALERT]);
     assert_eq!(open_all(&mut wharf, record).unwrap_err().alert, None);
     let (mut wharf, mut client) = pair(Suite::Aes128Gcm);
-    let record = seal_inner(&mut client, &[1, 0, 0, TYPE_ALERT]);
+    let record = client.seal_inner(&[1, 0, 0, TYPE_ALERT]);
     let e = open_all(&mut wharf, record).unwrap_err();
     assert_eq!(e.alert, Some(Alert::DecodeError));
 }
@@ -189,16 +186,13 @@ fn handshake_messages_other_than_a_whole_key_update_are_refused() {
         &[HANDSHAKE_KEY_UPDATE, 0, TYPE_HANDSHAKE][..],
     ] {
         let (mut wharf, mut client) = pair(Suite::Aes128Gcm);
-        let e = open_all(&mut wharf, seal_inner(&mut client, inner)).unwrap_err();
+        let e = open_all(&mut wharf, client.seal_inner(inner)).unwrap_err();
         assert_eq!(e.alert, Some(Alert::UnexpectedMessage), "{inner:?}");
     }
     let (mut wharf, mut client) = pair(Suite::Aes128Gcm);
-    let record = seal_inner(
-        &mut client,
-        &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 2, TYPE_HANDSHAKE],
-    );
+    let record = client.seal_inner(&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 2, TYPE_HANDSHAKE]);
     let e = open_all(&mut wharf, record).unwrap_err();
-    assert_eq!(e.alert, Some(Alert::DecodeError));
+    assert_eq!(e.alert, Some(Alert::IllegalParameter));
 }
 
 #[test]
@@ -220,20 +214,16 @@ fn endless_empty_records_are_refused() {
     let (mut wharf, mut client) = pair(Suite::Aes128Gcm);
     let mut bytes = Vec::new();
     for _ in 0..MAX_EMPTY_IN_A_ROW {
-        bytes.extend(seal_inner(&mut client, &[TYPE_APPLICATION_DATA]));
+        bytes.extend(client.seal_inner(&[TYPE_APPLICATION_DATA]));
     }
     // Data in between starts the count again.
     bytes.extend(seal(&mut client, b"x"));
     for _ in 0..MAX_EMPTY_IN_A_ROW {
-        bytes.extend(seal_inner(&mut client, &[TYPE_APPLICATION_DATA]));
+        bytes.extend(client.seal_inner(&[TYPE_APPLICATION_DATA]));
     }
     let (data, _) = open_all(&mut wharf, bytes).unwrap();
     assert_eq!(data, b"x");
-    let e = open_all(
-        &mut wharf,
-        seal_inner(&mut client, &[TYPE_APPLICATION_DATA]),
-    )
-    .unwrap_err();
+    let e = open_all(&mut wharf, client.seal_inner(&[TYPE_APPLICATION_DATA])).unwrap_err();
     assert_eq!(e.alert, Some(Alert::UnexpectedMessage));
 }
 
@@ -242,6 +232,54 @@ fn plaintext_over_a_record_is_refused() {
     let (mut wharf, mut client) = pair(Suite::Aes128Gcm);
     let mut inner = vec![1u8; MAX_FRAGMENT + 1];
     inner.push(TYPE_APPLICATION_DATA);
-    let e = open_all(&mut wharf, seal_inner(&mut client, &inner)).unwrap_err();
+    let e = open_all(&mut wharf, client.seal_inner(&inner)).unwrap_err();
     assert_eq!(e.alert, Some(Alert::RecordOverflow));
+}
+
+/// RFC 8446 §5.4: "the full encoded TLSInnerPlaintext MUST NOT exceed
+/// 2^14 + 1 octets", padding included.
+#[test]
+fn padding_beyond_the_inner_plaintext_limit_is_refused() {
+    let (mut wharf, mut client) = pair(Suite::Aes128Gcm);
+    let record = client.seal_raw(TYPE_APPLICATION_DATA, &vec![1u8; MAX_FRAGMENT], 200);
+    assert!(
+        record.len() - HEADER_LEN <= MAX_CIPHERTEXT,
+        "the header check passes"
+    );
+    let result = open_all(&mut wharf, record);
+    assert_eq!(
+        result.as_ref().err().and_then(|e| e.alert),
+        Some(Alert::RecordOverflow),
+        "a 16,601-byte TLSInnerPlaintext was {:?}",
+        result.map(|(data, _)| data.len())
+    );
+}
+
+#[test]
+fn many_key_update_requests_get_one_answer_and_a_flood_is_refused() {
+    let (mut wharf, mut client) = pair(Suite::Aes128Gcm);
+    let mut bytes = Vec::new();
+    for _ in 0..3 {
+        bytes.extend(client.seal_raw(TYPE_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 1], 0));
+        client.update_tx_for_test();
+    }
+    let (_, others) = open_all(&mut wharf, bytes).unwrap();
+    assert_eq!(others.len(), 3);
+    assert!(wharf.owes_key_update());
+    // The answer goes before the next data, once.
+    let answer_and_data = seal(&mut wharf, b"x");
+    assert_eq!(answer_and_data.len(), KEY_UPDATE_RECORD + OVERHEAD + 1);
+    assert!(!wharf.owes_key_update());
+    assert_eq!(seal(&mut wharf, b"y").len(), OVERHEAD + 1);
+    let (data, _) = open_all(&mut client, answer_and_data).unwrap();
+    assert_eq!(data, b"x");
+
+    let (mut wharf, mut client) = pair(Suite::Aes128Gcm);
+    let mut bytes = Vec::new();
+    for _ in 0..=MAX_KEY_UPDATES_IN_A_ROW {
+        bytes.extend(client.seal_raw(TYPE_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0], 0));
+        client.update_tx_for_test();
+    }
+    let e = open_all(&mut wharf, bytes).unwrap_err();
+    assert_eq!(e.alert, Some(Alert::UnexpectedMessage));
 }

@@ -125,6 +125,9 @@ enum Protection {
     Own(Records),
     /// Neither, for the moment of the hand-over (and after it failed).
     HandingOver,
+    /// A record could not be taken and an alert was sent: nothing more
+    /// goes either way (RFC 8446 §6.2).
+    Failed,
 }
 
 /// Sets up `config` for connections that can be handed over to
@@ -271,7 +274,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         match &self.tls {
             Protection::Rustls(tls) => tls.alpn_protocol(),
-            Protection::Own(_) | Protection::HandingOver => self.alpn.id(),
+            Protection::Own(_) | Protection::HandingOver | Protection::Failed => self.alpn.id(),
         }
     }
 
@@ -404,6 +407,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
             Protection::Rustls(_) => self.process_rustls(data, goal),
             Protection::Own(_) => self.process_own(data, goal),
             Protection::HandingOver => Err(io::Error::other("TLS hand-over failed")),
+            Protection::Failed => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS connection ended by an alert",
+            )),
         }
     }
 
@@ -481,23 +488,33 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
                 }
                 Ok(Opened::Nothing) => {}
                 Ok(Opened::KeyUpdateAsked) => {
-                    append_encoded(&mut self.unsent, &mut self.unsent_at, |room| {
-                        records
-                            .seal_key_update(room)
-                            .map_err(|e| Failure::Broken(record_error(e)))
-                    })?;
+                    // Queued only while nothing else waits for the socket;
+                    // otherwise it goes before the next data record.
+                    if self.unsent_at == self.unsent.len() && records.owes_key_update() {
+                        append_encoded(&mut self.unsent, &mut self.unsent_at, |room| {
+                            records
+                                .seal_key_update(room)
+                                .map_err(|e| Failure::Broken(record_error(e)))
+                        })?;
+                    }
                 }
             }
         };
-        // Nothing more is read; why the connection ends goes to the client
-        // if the socket takes it.
-        self.read_closed = true;
+        // Nothing more goes either way; why the connection ends goes to the
+        // client if the socket takes it.
         if let Some(alert) = failed.alert {
             let _ = append_encoded(&mut self.unsent, &mut self.unsent_at, |room| {
                 records
                     .seal_alert(alert, room)
                     .map_err(|e| Failure::Broken(record_error(e)))
             });
+        }
+        self.tls = Protection::Failed;
+        if delivered {
+            // What came before the failure goes to the reader first, as
+            // rustls does; the next read, or any write, fails.
+            tracing::debug!(error = %failed, "TLS connection failed after data");
+            return Ok((used, Stop::Data));
         }
         Err(record_error(failed))
     }
@@ -1061,65 +1078,244 @@ mod tests {
         assert!(client.await.unwrap().is_empty());
     }
 
-    /// A record changed on the way ends the connection with bad_record_mac.
-    #[tokio::test]
-    async fn a_changed_record_ends_a_handed_over_connection() {
-        let (server_config, roots) = test_configs();
-        let client_config = Arc::new(client_config(roots));
-        let (listener, addr) = listen().await;
-        let client = tokio::spawn(async move {
-            let mut tcp = TcpStream::connect(addr).await.unwrap();
-            let name = ServerName::try_from("localhost").unwrap();
-            let mut conn = rustls::ClientConnection::new(client_config, name).unwrap();
-            let mut buf = vec![0; 65536];
-            while conn.is_handshaking() {
-                while conn.wants_write() {
-                    let mut out = Vec::new();
-                    conn.write_tls(&mut out).unwrap();
-                    tcp.write_all(&out).await.unwrap();
-                }
-                if !conn.is_handshaking() {
-                    break;
-                }
-                let n = tcp.read(&mut buf).await.unwrap();
-                conn.read_tls(&mut &buf[..n]).unwrap();
-                conn.process_new_packets().unwrap();
-            }
-            // The Finished goes alone, and the tickets the server sends once
-            // it has it show the handshake is over on its side.
-            let mut out = Vec::new();
-            while conn.wants_write() {
+    /// A client's key log, to play its records by hand.
+    #[derive(Debug, Default)]
+    struct ClientLog(std::sync::Mutex<Vec<(String, Vec<u8>)>>);
+
+    impl rustls::KeyLog for ClientLog {
+        fn log(&self, label: &str, _: &[u8], secret: &[u8]) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((label.to_string(), secret.to_vec()));
+        }
+    }
+
+    /// Runs a client handshake by hand. `after_finished` gives
+    /// records to send in the same write as the client's Finished; with
+    /// `wait_tickets` the client then waits for the server's tickets.
+    /// Returns the socket and the client's side of the records.
+    async fn hand_client(
+        addr: std::net::SocketAddr,
+        roots: rustls::RootCertStore,
+        after_finished: impl FnOnce(&mut Records) -> Vec<u8>,
+        wait_tickets: bool,
+    ) -> (TcpStream, Records) {
+        let log = Arc::new(ClientLog::default());
+        let mut config = client_config(roots);
+        config.key_log = log.clone();
+        config.enable_secret_extraction = true;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut buf = vec![0; 65536];
+        while conn.is_handshaking() {
+            while conn.wants_write() && conn.is_handshaking() {
+                let mut out = Vec::new();
                 conn.write_tls(&mut out).unwrap();
+                tcp.write_all(&out).await.unwrap();
             }
-            tcp.write_all(&out).await.unwrap();
+            if !conn.is_handshaking() {
+                break;
+            }
             let n = tcp.read(&mut buf).await.unwrap();
             conn.read_tls(&mut &buf[..n]).unwrap();
             conn.process_new_packets().unwrap();
-            std::io::Write::write_all(&mut conn.writer(), b"hello").unwrap();
-            let mut out = Vec::new();
-            while conn.wants_write() {
-                conn.write_tls(&mut out).unwrap();
+        }
+        let mut finished = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut finished).unwrap();
+        }
+        if wait_tickets {
+            tcp.write_all(&finished).await.unwrap();
+            finished.clear();
+            let n = tcp.read(&mut buf).await.unwrap();
+            conn.read_tls(&mut &buf[..n]).unwrap();
+            conn.process_new_packets().unwrap();
+        }
+        let suite = conn.negotiated_cipher_suite().unwrap().suite();
+        let extracted = conn.dangerous_extract_secrets().unwrap();
+        let secret = |label: &str| {
+            log.0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(l, _)| l == label)
+                .unwrap()
+                .1
+                .clone()
+        };
+        // The client's side: it opens with the server's secret.
+        let mut records = Records::take_over(
+            suite,
+            &secret("SERVER_TRAFFIC_SECRET_0"),
+            &secret("CLIENT_TRAFFIC_SECRET_0"),
+            &extracted,
+        )
+        .unwrap();
+        finished.extend(after_finished(&mut records));
+        tcp.write_all(&finished).await.unwrap();
+        (tcp, records)
+    }
+
+    /// A client that asks for key updates and never reads gets one answer
+    /// queued at a time, and at most 32 KeyUpdates in a row, as from rustls
+    /// (before, every answer was queued: 3 MB held after 200,000).
+    #[tokio::test]
+    async fn a_key_update_flood_is_bounded() {
+        key_update_flood::<false>().await;
+    }
+
+    /// The same with a byte of data every 16 KeyUpdates, which no count of
+    /// KeyUpdates in a row catches: one answer at a time does.
+    #[tokio::test]
+    async fn a_key_update_flood_with_data_is_bounded() {
+        key_update_flood::<true>().await;
+    }
+
+    async fn key_update_flood<const INTERLEAVE: bool>() {
+        let (server_config, roots) = test_configs();
+        let (listener, addr) = listen().await;
+        let client = tokio::spawn(async move {
+            let (mut tcp, mut records) = hand_client(addr, roots, |_| Vec::new(), true).await;
+            rustix::net::sockopt::set_socket_recv_buffer_size(&tcp, 4096).unwrap();
+            let mut flood = Vec::new();
+            for i in 0..200_000 {
+                flood.extend(records.seal_raw(22, &[24, 0, 0, 1, 1], 0));
+                records.update_tx_for_test();
+                if INTERLEAVE && i % 16 == 15 {
+                    // A byte of data now and then resets rustls's count.
+                    flood.extend(records.seal_raw(23, b"x", 0));
+                }
             }
-            let last = out.len() - 1;
-            out[last] ^= 1;
-            tcp.write_all(&out).await.unwrap();
-            // What the server sends back: an alert.
+            // Written while the server reads; never read back.
+            let _ = tcp.write_all(&flood).await;
+            tcp
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&tcp, 4096).unwrap();
+        let mut server = TlsConnection::accept(tcp, |_| server_config).await.unwrap();
+        assert!(matches!(server.tls, Protection::Own(_)));
+        let mut buf = [0u8; 64];
+        let mut outcome = None;
+        loop {
+            let done = client.is_finished();
+            match tokio::time::timeout(std::time::Duration::from_millis(200), server.read(&mut buf))
+                .await
+            {
+                Err(_) if done => break,
+                Err(_) => continue,
+                Ok(Ok(n)) if INTERLEAVE && n > 0 => continue,
+                Ok(r) => {
+                    outcome = Some(r.map_err(|e| e.to_string()));
+                    break;
+                }
+            }
+        }
+        let held = server.unsent.len() - server.unsent_at;
+        eprintln!("outcome {outcome:?}, {held} bytes of answers held in unsent");
+        assert!(
+            held <= 4096,
+            "{held} bytes of KeyUpdate answers held ({outcome:?})"
+        );
+        drop(client);
+    }
+
+    /// A KeyUpdate (update_not_requested) sent in the same flight as the
+    /// client's Finished is followed by rustls before the hand-over; the
+    /// hand-over follows it too.
+    #[tokio::test]
+    async fn a_key_update_right_after_finished_is_followed() {
+        let after_finished = |records: &mut Records| {
+            let bytes = records.seal_raw(22, &[24, 0, 0, 1, 0], 0);
+            records.update_tx_for_test();
+            bytes
+        };
+        assert_eq!(
+            sent_with_the_finished(after_finished, b"hello").await,
+            b"hello"
+        );
+    }
+
+    /// What the server reads when the client sends `after_finished`'s
+    /// records with its Finished, then `then` in a record of its own.
+    async fn sent_with_the_finished(
+        after_finished: impl FnOnce(&mut Records) -> Vec<u8> + Send + 'static,
+        then: &'static [u8],
+    ) -> Vec<u8> {
+        let (server_config, roots) = test_configs();
+        let (listener, addr) = listen().await;
+        let client = tokio::spawn(async move {
+            let (mut tcp, mut records) = hand_client(addr, roots, after_finished, false).await;
+            tcp.write_all(&records.seal_raw(23, then, 0)).await.unwrap();
+            tcp
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let accepted = TlsConnection::accept(tcp, |_| server_config).await;
+        let _tcp = client.await.unwrap();
+        let mut server = accepted.expect("the handshake is accepted");
+        assert!(matches!(server.tls, Protection::Own(_)));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while !got.ends_with(then) {
+            let n = server.read(&mut buf).await.unwrap();
+            assert!(n > 0, "ended after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// A record changed on the way ends the connection with bad_record_mac:
+    /// the client gets that alert and nothing after it, and every later read
+    /// or write fails (RFC 8446 §6.2), as on the rustls path.
+    #[tokio::test]
+    async fn a_changed_record_ends_a_handed_over_connection() {
+        let (server_config, roots) = test_configs();
+        let (listener, addr) = listen().await;
+        let client = tokio::spawn(async move {
+            let (mut tcp, mut records) = hand_client(addr, roots, |_| Vec::new(), true).await;
+            let mut bytes = records.seal_raw(23, b"hello", 0);
+            let mut bad = records.seal_raw(23, b"world", 0);
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            bytes.extend(bad);
+            tcp.write_all(&bytes).await.unwrap();
             let mut back = Vec::new();
-            tcp.read_to_end(&mut back).await.unwrap();
-            conn.read_tls(&mut &back[..]).unwrap();
-            conn.process_new_packets().unwrap_err()
+            let _ = tcp.read_to_end(&mut back).await;
+            // One record, a fatal alert (not close_notify), and nothing after.
+            let mut opener = records.opener().unwrap();
+            let len = Records::record_len(&back).unwrap().unwrap();
+            let alert = records.open(&mut opener, &mut back[..len]);
+            (alert.map(|_| ()).unwrap_err().alert, back.len() - len)
         });
         let (tcp, _) = listener.accept().await.unwrap();
         let mut server = TlsConnection::accept(tcp, |_| server_config).await.unwrap();
         let mut got = [0u8; 16];
-        let e = server.read(&mut got).await.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // What came before the bad record is read first.
+        assert_eq!(server.read(&mut got).await.unwrap(), 5);
+        assert_eq!(&got[..5], b"hello");
+        let error = server.read(&mut got).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(server.read(&mut got).await.is_err(), "reads go on failing");
+        assert!(server.write_all(b"after the alert").await.is_err());
+        let _ = server.shutdown().await;
         drop(server);
-        let alert = client.await.unwrap();
-        assert!(
-            alert.to_string().contains("BadRecordMac"),
-            "the client hears why: {alert}"
-        );
+        let (alert, after) = client.await.unwrap();
+        assert_eq!(alert, None, "a fatal alert reached the client");
+        assert_eq!(after, 0, "nothing was sent after the alert");
+    }
+
+    /// Data coalesced with the client's Finished (decrypted by rustls before
+    /// the hand-over) comes before what follows it.
+    #[tokio::test]
+    async fn data_with_the_finished_keeps_its_place() {
+        let after_finished = |records: &mut Records| {
+            let mut bytes = records.seal_raw(23, b"early", 0);
+            bytes.extend(records.seal_raw(23, b"-two", 0));
+            bytes
+        };
+        let got = sent_with_the_finished(after_finished, b"-later").await;
+        assert_eq!(got, b"early-two-later");
     }
 
     /// TLS 1.2 stays with rustls; a handed-over connection is small.
