@@ -299,8 +299,9 @@ impl Records {
             };
             direction.key[..key_len] == *key.as_ref() && direction.iv[..] == *iv.as_ref()
         };
-        // rustls may have followed KeyUpdates that came with the client's
-        // Finished (at most 32 in a row): its key is then a later generation.
+        // Should rustls have followed KeyUpdates that came with the client's
+        // Finished (at most 32 in a row), its key is a later generation.
+        // `TlsConnection` stops rustls at the Finished, so this is a guard.
         for _ in 0..MAX_KEY_UPDATES_IN_A_ROW {
             if same(&records.rx, &extracted.rx.1) {
                 break;

@@ -531,6 +531,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
             let Protection::Rustls(tls) = &mut self.tls else {
                 return Err(io::Error::other("TLS records are wharf's"));
             };
+            // A handshake that is over, its last flight encoded, stops here:
+            // what came after the client's Finished is left for the hand-over
+            // to `Records`, rather than rustls following a KeyUpdate or
+            // taking the first piece of a message that came with it.
+            if matches!(goal, Goal::Handshake) && !tls.is_handshaking() && !tls.wants_write() {
+                let stop = if delivered {
+                    Stop::Data
+                } else {
+                    Stop::NeedMore
+                };
+                return Ok((used, stop));
+            }
             let UnbufferedStatus { mut discard, state } =
                 tls.process_tls_records(&mut data[used..]);
             let state = match state {
@@ -1255,6 +1267,11 @@ mod tests {
         let _tcp = client.await.unwrap();
         let mut server = accepted.expect("the handshake is accepted");
         assert!(matches!(server.tls, Protection::Own(_)));
+        // rustls stopped at the Finished: all that came after it is ours.
+        assert!(
+            server.plaintext.is_empty(),
+            "rustls decrypted past the Finished"
+        );
         let mut got = Vec::new();
         let mut buf = [0u8; 64];
         while !got.ends_with(then) {
