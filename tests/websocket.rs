@@ -1032,3 +1032,42 @@ async fn unrequested_101_is_a_502() {
     assert_eq!(response.status, 502, "{response:?}");
     assert!(!response.body.windows(9).any(|w| w == b"raw bytes"));
 }
+
+/// A websocket keeps its connection's place under the listener's
+/// `max_connections` for as long as it is open (the tunnel holds the place,
+/// not the whole client connection): with a limit of 1, a second client is
+/// served only once the websocket has closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_keeps_its_place_under_the_listeners_max_connections() {
+    let backend = support::Backend::normal("a").await;
+    let config = support::one_pool_config(&[backend.addr], "").replace(
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"127.0.0.1:0\"\nmax_connections = 1",
+    );
+    let running = support::start_wharf(&config).await;
+    let addr = support::public(&running);
+    let (mut ws, _) = within(
+        "the websocket handshake",
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws-echo")),
+    )
+    .await
+    .expect("websocket handshake through wharf");
+    within("a send", ws.send(Message::text("one")))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("one"));
+
+    let mut second = tokio::spawn(support::get(addr, "app.test", "/"));
+    // Waiting for something not to happen: a bounded look, long enough for
+    // a free place to have served it many times over.
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
+    assert!(
+        early.is_err(),
+        "served while the websocket held the only place"
+    );
+
+    within("the close", ws.close(None)).await.unwrap();
+    drop(ws);
+    let reply = within("the second client's answer", second).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+}

@@ -83,7 +83,7 @@ pub async fn handle(
         local,
         listener: listener.clone(),
         proto,
-        slot: Some(slot),
+        slot: std::sync::Mutex::new(Some(slot)),
     };
     match next {
         Next::Http => http::serve(stream, client("http"), shared, stop).await,

@@ -55,8 +55,17 @@ pub struct ClientConnection {
     /// `http` or `https`.
     pub proto: &'static str,
     /// The connection's place under the listener's `max_connections`, held
-    /// for as long as the connection lives, a tunnel after an upgrade included.
-    pub slot: Option<OwnedSemaphorePermit>,
+    /// for as long as the connection lives; a tunnel takes it over at an
+    /// upgrade ([`ClientConnection::take_slot`]).
+    pub slot: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl ClientConnection {
+    /// The listener place, for a tunnel to hold instead of the whole
+    /// connection (an idle websocket holds it for hours).
+    pub fn take_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Serves one client connection (plain TCP or TLS) until it closes. Once

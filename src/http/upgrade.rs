@@ -94,8 +94,13 @@ pub fn start_tunnel(
             _open: server.metrics.tunnel_opened(),
             record,
             guard,
-            connection,
+            client: Box::new(TunnelClient {
+                peer: connection.peer,
+                _slot: connection.take_slot(),
+            }),
         };
+        // The connection itself (128 bytes) goes with hyper's service.
+        drop(connection);
         match client_side {
             ClientSide::Plain(client) => tracker.spawn(TunnelTask {
                 tunnel: tunnel::run(client, server_side, settings, control),
@@ -167,8 +172,15 @@ struct Ending {
     _open: OpenTunnel,
     record: TunnelRecord,
     guard: ActiveGuard,
-    /// Holding the client connection keeps its listener slot taken.
-    connection: Arc<ClientConnection>,
+    client: Box<TunnelClient>,
+}
+
+/// What a tunnel keeps of its client connection (48 bytes, not the
+/// connection's 128, which an idle websocket would hold for hours).
+struct TunnelClient {
+    peer: SocketAddr,
+    /// The listener place, taken while the tunnel is open.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Ending {
@@ -178,12 +190,16 @@ impl Ending {
             _open,
             record,
             guard,
-            connection,
+            client,
         } = self;
         record.ended(&report, &guard.server().metrics);
         drop((_open, _registration));
-        let (client, server) = (connection.peer, guard.server().address);
-        drop((guard, connection));
+        let server = guard.server().address;
+        let TunnelClient {
+            peer: client,
+            _slot: listener_place,
+        } = *client;
+        drop((guard, listener_place));
         if matches!(report.end, TunnelEnd::Error(_)) {
             tracing::info!(%client, %server, ?report, "tunnel closed by an error");
         } else {
