@@ -9,26 +9,17 @@
 //!
 //! Everything listens on 127.0.0.1 port 0; every wait is bounded.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
-/// Upper bound for any single wait in these tests.
-const WAIT: Duration = Duration::from_secs(10);
+mod support;
 
-/// Awaits `future`, failing the test if it takes longer than [`WAIT`].
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(WAIT, future).await {
-        Ok(value) => value,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
-    }
-}
+use support::pipe::{RawBackend, RawEnd as Raw};
+use support::{public, within};
 
 // ---------------------------------------------------------------------------
 // wharf
@@ -54,7 +45,7 @@ async fn start_wharf_with(
     listener_extra: &str,
 ) -> Wharf {
     let timeouts = timeouts.map_or_else(String::new, |t| format!("timeouts = {{ {t} }}"));
-    let toml = format!(
+    let running = support::start_wharf(&format!(
         r#"
 [[listener]]
 name = "public"
@@ -69,144 +60,11 @@ upgrades = ["x-raw"]
 servers = ["{backend}"]
 {timeouts}
 "#
-    );
-    let config = match wharf::config::parse_str("tunnel-test.toml", &toml) {
-        Ok(config) => config,
-        Err(errors) => panic!("test config rejected: {errors:?}"),
-    };
-    let running = wharf::start(config).await.expect("wharf starts");
-    let addr = running
-        .listener_addr("public")
-        .expect("listener `public` is bound");
+    ))
+    .await;
     Wharf {
+        addr: public(&running),
         _running: running,
-        addr,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Raw sockets
-// ---------------------------------------------------------------------------
-
-/// One end of a raw TCP connection with its read buffer.
-struct Raw {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr) -> Raw {
-        let stream = within("connect", TcpStream::connect(addr))
-            .await
-            .expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        Raw {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        within("a write", self.stream.write_all(bytes))
-            .await
-            .expect("write");
-    }
-
-    /// Reads more bytes into the buffer; false on EOF.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = within("bytes to read", self.stream.read(&mut chunk))
-            .await
-            .expect("read");
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    /// Reads one HTTP head (up to and including the blank line); bytes after
-    /// it stay buffered.
-    async fn read_head(&mut self) -> String {
-        for _ in 0..10_000 {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
-                return String::from_utf8(head).expect("ASCII head");
-            }
-            assert!(
-                self.fill().await,
-                "EOF before a complete head: {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
-        }
-        panic!("head too long");
-    }
-
-    async fn read_exact(&mut self, n: usize) -> Vec<u8> {
-        for _ in 0..100_000 {
-            if self.buf.len() >= n {
-                return self.buf.drain(..n).collect();
-            }
-            assert!(
-                self.fill().await,
-                "EOF after {:?} ({} of {n} bytes)",
-                String::from_utf8_lossy(&self.buf),
-                self.buf.len()
-            );
-        }
-        panic!("too many reads");
-    }
-
-    /// Reads everything up to EOF.
-    async fn read_to_end(&mut self) -> Vec<u8> {
-        for _ in 0..100_000 {
-            if !self.fill().await {
-                return std::mem::take(&mut self.buf);
-            }
-        }
-        panic!("no EOF after 100000 reads");
-    }
-
-    /// Shuts down the write half (sends FIN); reading goes on.
-    async fn shutdown_write(&mut self) {
-        within("shutdown", self.stream.shutdown())
-            .await
-            .expect("shutdown");
-    }
-}
-
-/// A backend speaking HTTP by hand: each accepted connection is handed to the
-/// test, which reads the request and writes whatever it wants.
-struct RawBackend {
-    addr: SocketAddr,
-    conns: mpsc::UnboundedReceiver<Raw>,
-}
-
-impl RawBackend {
-    async fn start() -> RawBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
-        let addr = listener.local_addr().expect("backend address");
-        let (tx, conns) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                stream.set_nodelay(true).expect("nodelay");
-                if tx
-                    .send(Raw {
-                        stream,
-                        buf: Vec::new(),
-                    })
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        RawBackend { addr, conns }
-    }
-
-    async fn next_conn(&mut self) -> Raw {
-        within("a connection at the backend", self.conns.recv())
-            .await
-            .expect("backend still accepting")
     }
 }
 
@@ -234,14 +92,14 @@ async fn open_tunnel(
         .write(&[UPGRADE_REQUEST, client_early].concat())
         .await;
     let mut server = backend.next_conn().await;
-    let head = server.read_head().await;
+    let head = server.head().await;
     assert!(head.starts_with("GET /tunnel HTTP/1.1\r\n"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("\r\nupgrade: x-raw\r\n"),
         "{head}"
     );
     server.write(&[SWITCHING, server_early].concat()).await;
-    let head = client.read_head().await;
+    let head = client.head().await;
     assert!(
         head.starts_with("HTTP/1.1 101 "),
         "the client gets the 101: {head}"
@@ -322,12 +180,12 @@ async fn tunnel_over_a_reused_keep_alive_server_connection() {
         .write(b"GET /first HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await;
     let mut first = backend.next_conn().await;
-    let head = first.read_head().await;
+    let head = first.head().await;
     assert!(head.starts_with("GET /first "), "{head}");
     first
         .write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         .await;
-    let head = client.read_head().await;
+    let head = client.head().await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert_eq!(client.read_exact(2).await, b"ok");
 
@@ -335,19 +193,19 @@ async fn tunnel_over_a_reused_keep_alive_server_connection() {
     let mut ws_client = Raw::connect(wharf.addr).await;
     ws_client.write(UPGRADE_REQUEST).await;
     let mut server = tokio::select! {
-        head = first.read_head() => {
+        head = first.head() => {
             assert!(head.starts_with("GET /tunnel "), "{head}");
             first
         }
         conn = backend.next_conn() => {
             let mut conn = conn;
-            let head = conn.read_head().await;
+            let head = conn.head().await;
             assert!(head.starts_with("GET /tunnel "), "{head}");
             conn
         }
     };
     server.write(&[SWITCHING, b"hi"].concat()).await;
-    let head = ws_client.read_head().await;
+    let head = ws_client.head().await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     assert_eq!(ws_client.read_exact(2).await, b"hi");
     pass(&mut ws_client, &mut server, b"tunnelled up").await;
@@ -420,13 +278,13 @@ async fn pipelined_bytes_and_half_close_in_one_burst() {
     client.shutdown_write().await;
 
     let mut server = backend.next_conn().await;
-    server.read_head().await;
+    server.head().await;
     server.write(SWITCHING).await;
     assert_eq!(server.read_to_end().await, b"query");
     server.write(b"answer").await;
     server.shutdown_write().await;
 
-    let head = client.read_head().await;
+    let head = client.head().await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     assert_eq!(client.read_to_end().await, b"answer");
 }
@@ -483,10 +341,10 @@ async fn an_open_tunnel_counts_toward_the_listener_connection_limit() {
     assert!(first_server.read_to_end().await.is_empty());
     drop(first_server);
     let mut second_server = backend.next_conn().await;
-    let head = second_server.read_head().await;
+    let head = second_server.head().await;
     assert!(head.starts_with("GET /tunnel "), "{head}");
     second_server.write(SWITCHING).await;
-    let head = second.read_head().await;
+    let head = second.head().await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
 }
 
@@ -533,7 +391,7 @@ async fn tunnel_idle_does_not_cut_a_slow_normal_request() {
         .write(b"GET /slow HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await;
     let mut server = backend.next_conn().await;
-    let head = server.read_head().await;
+    let head = server.head().await;
     assert!(head.starts_with("GET /slow "), "{head}");
     // The server thinks for well over tunnel_idle, well under response.
     tokio::time::sleep(IDLE * 3).await;
@@ -541,7 +399,7 @@ async fn tunnel_idle_does_not_cut_a_slow_normal_request() {
         .write(b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nslow but fine")
         .await;
 
-    let head = client.read_head().await;
+    let head = client.head().await;
     assert!(
         head.starts_with("HTTP/1.1 200 "),
         "a slow response is not cut by tunnel_idle: {head}"

@@ -8,14 +8,11 @@
 //! Everything listens on 127.0.0.1 port 0; every wait is bounded.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -25,18 +22,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod support;
 
+use support::pipe::{RawBackend, RawEnd as Raw};
+use support::within;
 use support::ws::{WsBackend, client_frame, ws_config};
-
-/// Upper bound for any single wait in these tests.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// Awaits `future`, failing the test if it takes longer than [`WAIT`].
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(WAIT, future).await {
-        Ok(value) => value,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
-    }
-}
 
 // ---------------------------------------------------------------------------
 // wharf
@@ -71,17 +59,10 @@ servers = ["{backend}"]
 timeouts = {{ response = "5s" }}
 "#
     );
-    let config = match wharf::config::parse_str("websocket-test.toml", &toml) {
-        Ok(config) => config,
-        Err(errors) => panic!("test config rejected: {errors:?}"),
-    };
-    let running = wharf::start(config).await.expect("wharf starts");
-    let addr = running
-        .listener_addr("public")
-        .expect("listener `public` is bound");
+    let running = support::start_wharf(&toml).await;
     Wharf {
+        addr: support::public(&running),
         _running: running,
-        addr,
     }
 }
 
@@ -89,12 +70,6 @@ timeouts = {{ response = "5s" }}
 // A raw HTTP/1.1 backend and client, for handshakes a WebSocket library
 // would not produce or accept
 // ---------------------------------------------------------------------------
-
-/// One end of a raw TCP connection with its read buffer.
-struct Raw {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
 
 /// A parsed HTTP response head (and body).
 #[derive(Debug)]
@@ -129,155 +104,44 @@ fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a st
         .map(|(_, v)| v.as_str())
 }
 
-impl Raw {
-    async fn connect(addr: SocketAddr) -> Raw {
-        let stream = within("connect", TcpStream::connect(addr))
-            .await
-            .expect("connect");
-        Raw {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        within("a write", self.stream.write_all(bytes))
-            .await
-            .expect("write");
-    }
-
-    /// Reads more bytes into the buffer; false on EOF.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = within("bytes to read", self.stream.read(&mut chunk))
-            .await
-            .expect("read");
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    /// Reads one head (up to and including the blank line); the bytes after
-    /// it stay buffered. None on EOF before any byte.
-    async fn read_head(&mut self) -> Option<String> {
-        for _ in 0..10_000 {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
-                return Some(String::from_utf8(head).expect("ASCII head"));
-            }
-            if !self.fill().await {
-                assert!(
-                    self.buf.is_empty(),
-                    "EOF inside a head: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
-                return None;
-            }
-        }
-        panic!("head too long");
-    }
-
-    async fn read_exact(&mut self, n: usize) -> Vec<u8> {
-        for _ in 0..100_000 {
-            if self.buf.len() >= n {
-                return self.buf.drain(..n).collect();
-            }
-            assert!(
-                self.fill().await,
-                "EOF after {} of {n} bytes",
-                self.buf.len()
-            );
-        }
-        panic!("too many reads");
-    }
-
-    async fn read_line(&mut self) -> String {
-        for _ in 0..10_000 {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line: Vec<u8> = self.buf.drain(..end + 2).collect();
-                return String::from_utf8_lossy(&line[..end]).into_owned();
-            }
-            assert!(self.fill().await, "EOF inside a line");
-        }
-        panic!("line too long");
-    }
-
-    /// Reads one response: head, then a body framed by Content-Length or
-    /// chunked (no body for 1xx, 204, 304).
-    async fn read_response(&mut self) -> RawResponse {
-        let head = self.read_head().await.expect("a response, not EOF");
-        let status: u16 = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line: {head:?}"));
-        let headers = head_headers(&head);
-        let mut body = Vec::new();
-        if !(100..200).contains(&status) && status != 204 && status != 304 {
-            if let Some(len) = find_header(&headers, "content-length") {
-                body = self.read_exact(len.parse().expect("numeric length")).await;
-            } else if find_header(&headers, "transfer-encoding")
-                .is_some_and(|v| v.contains("chunked"))
-            {
-                for _ in 0..10_000 {
-                    let size = usize::from_str_radix(
-                        self.read_line().await.split(';').next().unwrap().trim(),
-                        16,
-                    )
-                    .expect("chunk size");
-                    if size == 0 {
-                        // No trailers are expected: the blank line ends the body.
-                        assert_eq!(self.read_line().await, "");
-                        break;
-                    }
-                    body.extend(self.read_exact(size).await);
-                    assert_eq!(self.read_line().await, "");
-                }
-            } else {
-                panic!("response without a framed body: {head:?}");
-            }
-        }
-        RawResponse {
-            status,
-            headers,
-            body,
-        }
-    }
-}
-
-/// A backend speaking HTTP by hand: each accepted connection is handed to the
-/// test, which reads the request head and writes whatever answer it wants.
-struct RawBackend {
-    addr: SocketAddr,
-    conns: mpsc::UnboundedReceiver<Raw>,
-}
-
-impl RawBackend {
-    async fn start() -> RawBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind raw backend");
-        let addr = listener.local_addr().expect("raw backend address");
-        let (tx, conns) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                if tx
-                    .send(Raw {
-                        stream,
-                        buf: Vec::new(),
-                    })
-                    .is_err()
-                {
+/// Reads one response: head, then a body framed by Content-Length or
+/// chunked (no body for 1xx, 204, 304).
+async fn read_response(raw: &mut Raw) -> RawResponse {
+    let head = raw.read_head().await.expect("a response, not EOF");
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head:?}"));
+    let headers = head_headers(&head);
+    let mut body = Vec::new();
+    if !(100..200).contains(&status) && status != 204 && status != 304 {
+        if let Some(len) = find_header(&headers, "content-length") {
+            body = raw.read_exact(len.parse().expect("numeric length")).await;
+        } else if find_header(&headers, "transfer-encoding").is_some_and(|v| v.contains("chunked"))
+        {
+            for _ in 0..10_000 {
+                let size = usize::from_str_radix(
+                    raw.read_line().await.split(';').next().unwrap().trim(),
+                    16,
+                )
+                .expect("chunk size");
+                if size == 0 {
+                    // No trailers are expected: the blank line ends the body.
+                    assert_eq!(raw.read_line().await, "");
                     break;
                 }
+                body.extend(raw.read_exact(size).await);
+                assert_eq!(raw.read_line().await, "");
             }
-        });
-        RawBackend { addr, conns }
+        } else {
+            panic!("response without a framed body: {head:?}");
+        }
     }
-
-    async fn next_conn(&mut self) -> Raw {
-        within("a connection at the raw backend", self.conns.recv())
-            .await
-            .expect("raw backend still accepting")
+    RawResponse {
+        status,
+        headers,
+        body,
     }
 }
 
@@ -413,7 +277,7 @@ async fn fragmented_messages_are_reassembled_by_the_backend() {
 
     let mut raw = Raw::connect(wharf.addr).await;
     raw.write(ws_upgrade_request("/fragments").as_bytes()).await;
-    let response = raw.read_response().await;
+    let response = read_response(&mut raw).await;
     assert_eq!(response.status, 101, "{response:?}");
     // RFC 6455 §1.3's example key and accept value.
     assert_eq!(
@@ -777,7 +641,7 @@ async fn firefox_style_connection_and_upgrade_headers_are_understood() {
           \r\n",
     )
     .await;
-    let response = raw.read_response().await;
+    let response = read_response(&mut raw).await;
     assert_eq!(response.status, 101, "{response:?}");
     assert!(
         response
@@ -823,7 +687,7 @@ async fn upgrade_refused_with_403_reaches_the_client_as_a_normal_response() {
     // With a raw client: the whole response, body included.
     let mut raw = Raw::connect(wharf.addr).await;
     raw.write(ws_upgrade_request("/refuse").as_bytes()).await;
-    let response = raw.read_response().await;
+    let response = read_response(&mut raw).await;
     assert_eq!(response.status, 403, "{response:?}");
     assert_eq!(response.body, b"go away");
     assert_eq!(response.header("upgrade"), None);
@@ -848,7 +712,7 @@ async fn upgrade_answered_with_200_stays_plain_http() {
     );
     server.write(&ok_response("/maybe-ws")).await;
 
-    let response = client.read_response().await;
+    let response = read_response(&mut client).await;
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(response.body, b"plain /maybe-ws");
     assert_eq!(response.header("upgrade"), None);
@@ -871,7 +735,7 @@ async fn upgrade_answered_with_200_stays_plain_http() {
         "the second request went through wharf's proxy, not a tunnel: {head}"
     );
     server.write(&ok_response("/next")).await;
-    let response = client.read_response().await;
+    let response = read_response(&mut client).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.body, b"plain /next");
 }
@@ -919,7 +783,7 @@ async fn route_without_upgrades_forwards_a_plain_request() {
         "Connection: upgrade must not be forwarded: {head}"
     );
     server.write(&ok_response("/no-upgrades/chat")).await;
-    let response = client.read_response().await;
+    let response = read_response(&mut client).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.body, b"plain /no-upgrades/chat");
 }
@@ -940,7 +804,7 @@ async fn route_without_upgrades_refuses_a_backend_101() {
     server
         .write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
         .await;
-    let response = client.read_response().await;
+    let response = read_response(&mut client).await;
     assert_eq!(response.status, 502, "{response:?}");
 }
 
@@ -975,7 +839,7 @@ async fn h2c_upgrade_is_never_forwarded() {
         "{head}"
     );
     server.write(&ok_response("/h2c")).await;
-    let response = client.read_response().await;
+    let response = read_response(&mut client).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.body, b"plain /h2c");
 }
@@ -1009,7 +873,7 @@ async fn h2c_is_dropped_from_a_list_of_upgrades_and_a_101_to_h2c_refused() {
     server
         .write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
         .await;
-    let response = client.read_response().await;
+    let response = read_response(&mut client).await;
     assert_eq!(response.status, 502, "{response:?}");
 }
 
@@ -1028,7 +892,7 @@ async fn unrequested_101_is_a_502() {
     server
         .write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw bytes")
         .await;
-    let response = client.read_response().await;
+    let response = read_response(&mut client).await;
     assert_eq!(response.status, 502, "{response:?}");
     assert!(!response.body.windows(9).any(|w| w == b"raw bytes"));
 }

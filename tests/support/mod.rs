@@ -8,6 +8,7 @@
 
 pub mod accept_any;
 pub mod browser;
+pub mod pipe;
 pub mod ws;
 
 use std::convert::Infallible;
