@@ -17,15 +17,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use wharf::Running;
 use wharf::upstream::{AdminState, Health, Server};
+
+mod support;
+
+use support::{refused_addr, wharf_for};
 
 const INTERVAL: Duration = Duration::from_millis(100);
 const CHECK_TIMEOUT: Duration = Duration::from_millis(50);
@@ -212,95 +216,28 @@ async fn answer(
     Ok(response)
 }
 
-/// An address on which nothing listens: a port bound then released.
-async fn refused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("local address")
-}
-
 // ------------------------------------------------------------------ wharf and a client
 
-/// wharf with listener `public` on 127.0.0.1:0 routing everything to pool
-/// `p` made of `servers` and `pool_extra`.
-async fn start_wharf(servers: &[SocketAddr], pool_extra: &str) -> (Running, SocketAddr) {
-    let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
-    let toml = format!(
-        r#"
-[[listener]]
-name = "public"
-bind = "127.0.0.1:0"
+/// The pool of `support::one_pool_config`.
+const POOL: &str = "web";
 
-[[listener.route]]
-pool = "p"
-
-[pool.p]
-servers = [{}]
-{pool_extra}
-"#,
-        list.join(", ")
-    );
-    let config = match wharf::config::parse_str("health-test.toml", &toml) {
-        Ok(config) => config,
-        Err(errors) => panic!("invalid test config:\n{errors}\n{toml}"),
-    };
-    let running = wharf::start(config).await.expect("wharf starts");
-    let addr = running.listener_addr("public").expect("listener `public`");
-    (running, addr)
-}
-
-/// The runtime state of the server at `addr` in pool `p`.
+/// The runtime state of the server at `addr` in the pool.
 fn server(running: &Running, addr: SocketAddr) -> Arc<Server> {
     let snapshot = running.shared().snapshot();
-    let pool = snapshot.pool("p").expect("pool p");
-    pool.server(addr).expect("a server of pool p").clone()
+    let pool = snapshot.pool(POOL).expect("the pool");
+    pool.server(addr).expect("a server of the pool").clone()
 }
 
 /// `GET /` through wharf on a new connection: the status and the body (the
 /// answering backend's name, or wharf's error text).
 async fn get(wharf: SocketAddr) -> (u16, String) {
-    let exchange = async {
-        let stream = TcpStream::connect(wharf).await.expect("connect to wharf");
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake with wharf");
-        tokio::spawn(connection);
-        let request = Request::get("/")
-            .header(header::HOST, "app.test")
-            .body(Empty::<Bytes>::new())
-            .expect("a request");
-        let response = sender
-            .send_request(request)
-            .await
-            .expect("a response from wharf");
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a whole body")
-            .to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .expect("wharf answers within 5s")
+    let reply = support::get(wharf, "app.test", "/").await;
+    (reply.status.as_u16(), reply.text())
 }
 
 /// Polls the server's health until it is `wanted`; how long that took.
 async fn wait_for_health(running: &Running, addr: SocketAddr, wanted: Health) -> Duration {
-    let server = server(running, addr);
-    let start = Instant::now();
-    loop {
-        let health = server.state().health;
-        if health == wanted {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < GIVE_UP,
-            "{addr} still {health} after {GIVE_UP:?}, waiting for {wanted}"
-        );
-        tokio::time::sleep(PACE).await;
-    }
+    support::wait_for_health(running, POOL, addr, wanted, GIVE_UP).await
 }
 
 /// The cause of the server's last recorded change.
@@ -329,7 +266,7 @@ async fn killed_server_leaves_within_fall_checks_and_returns_within_rise_checks(
         "{}\nretries = 0\nejection = {{ connect_failures = 0, server_errors = 0 }}",
         health_toml("path = \"/health\", ")
     );
-    let (running, wharf) = start_wharf(&[a.addr, b.addr], &extra).await;
+    let (running, wharf) = wharf_for(&[a.addr, b.addr], &extra).await;
 
     // Both serve, and checks reach both.
     let start = Instant::now();
@@ -411,7 +348,7 @@ async fn killed_server_leaves_within_fall_checks_and_returns_within_rise_checks(
 async fn tcp_check_marks_a_refusing_port_down_and_a_listening_one_up() {
     let live = Backend::start("live").await;
     let dead = refused_addr().await;
-    let (running, _wharf) = start_wharf(&[live.addr, dead], &health_toml("")).await;
+    let (running, _wharf) = wharf_for(&[live.addr, dead], &health_toml("")).await;
 
     let down = wait_for_health(&running, dead, Health::Down).await;
     assert_within("refusing port down", down, FIRST_CHECK + DOWN_BOUND);
@@ -420,7 +357,7 @@ async fn tcp_check_marks_a_refusing_port_down_and_a_listening_one_up() {
         "health falling → down: connect refused"
     );
     let snapshot = running.shared().snapshot();
-    let servers = &snapshot.pool("p").expect("pool p").servers;
+    let servers = &snapshot.pool(POOL).expect("the pool").servers;
     assert_eq!(servers[1].state().health, Health::Down);
     assert_eq!(servers[0].state().health, Health::Up);
     assert!(
@@ -446,7 +383,7 @@ async fn tcp_check_marks_a_refusing_port_down_and_a_listening_one_up() {
 async fn http_check_follows_the_health_status() {
     let backend = Backend::start("a").await;
     let extra = health_toml("path = \"/health\", host = \"x\", ");
-    let (running, _wharf) = start_wharf(&[backend.addr], &extra).await;
+    let (running, _wharf) = wharf_for(&[backend.addr], &extra).await;
 
     let start = Instant::now();
     while backend.health_hits() == 0 {
@@ -484,7 +421,7 @@ async fn http_check_follows_the_health_status() {
 async fn maintenance_stops_checks_and_ready_resumes_them() {
     let backend = Backend::start("a").await;
     let extra = health_toml("path = \"/health\", ");
-    let (running, _wharf) = start_wharf(&[backend.addr], &extra).await;
+    let (running, _wharf) = wharf_for(&[backend.addr], &extra).await;
     let server = server(&running, backend.addr);
 
     let start = Instant::now();
@@ -529,8 +466,7 @@ async fn maintenance_stops_checks_and_ready_resumes_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_checks() {
     let backend = Backend::start("a").await;
-    let (running, _wharf) =
-        start_wharf(&[backend.addr], &health_toml("path = \"/health\", ")).await;
+    let (running, _wharf) = wharf_for(&[backend.addr], &health_toml("path = \"/health\", ")).await;
     let start = Instant::now();
     while backend.health_hits() < 2 {
         assert!(start.elapsed() < GIVE_UP, "checks never ran");
@@ -558,7 +494,7 @@ async fn server_errors_eject_a_server_for_base_time() {
     bad.knobs.status.store(503, Ordering::SeqCst);
     let base_time = Duration::from_millis(300);
     let extra = "ejection = { server_errors = 3, base_time = \"300ms\", max_time = \"2s\" }";
-    let (running, wharf) = start_wharf(&[good.addr, bad.addr], extra).await;
+    let (running, wharf) = wharf_for(&[good.addr, bad.addr], extra).await;
 
     let mut errors = 0;
     for _ in 0..20 {
@@ -617,7 +553,7 @@ async fn server_errors_eject_a_server_for_base_time() {
 async fn a_refusing_server_behind_a_healthy_one_is_invisible() {
     let good = Backend::start("good").await;
     let dead = refused_addr().await;
-    let (running, wharf) = start_wharf(&[dead, good.addr], "").await;
+    let (running, wharf) = wharf_for(&[dead, good.addr], "").await;
     for i in 0..20 {
         let (status, body) = get(wharf).await;
         assert_eq!((status, body.as_str()), (200, "good"), "request {i}");
