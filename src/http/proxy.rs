@@ -413,9 +413,9 @@ fn rewrite_request(
     // HTTP/1.0 request without one gets the address it was sent to, since
     // the server will see HTTP/1.1, which requires a Host.
     // From a trusted proxy the forwarding headers go into the map (see
-    // `headers::set_forwarded`): room for them in one growth at most. Otherwise they
-    // are written after the map, and growing it cost 800 instructions a
-    // request (`bench/instructions`).
+    // `headers::set_forwarded`): room for them in one growth at most.
+    // Otherwise they are written after the map, and growing it cost 800
+    // instructions a request (`bench/instructions`).
     if trusted {
         let _ = parts.headers.try_reserve(8);
     }

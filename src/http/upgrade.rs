@@ -96,7 +96,7 @@ pub fn start_tunnel(
             guard,
             client: Box::new(TunnelClient {
                 peer: connection.peer,
-                _slot: connection.take_slot(),
+                listener_place: connection.take_slot(),
             }),
         };
         // The connection itself (128 bytes) goes with hyper's service.
@@ -180,7 +180,7 @@ struct Ending {
 struct TunnelClient {
     peer: SocketAddr,
     /// The listener place, taken while the tunnel is open.
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    listener_place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Ending {
@@ -197,7 +197,7 @@ impl Ending {
         let server = guard.server().address;
         let TunnelClient {
             peer: client,
-            _slot: listener_place,
+            listener_place,
         } = *client;
         drop((guard, listener_place));
         if matches!(report.end, TunnelEnd::Error(_)) {

@@ -130,10 +130,9 @@ enum Protection {
     Rustls(Box<UnbufferedServerConnection>),
     /// TLS 1.3 after the handshake.
     Own(Records),
-    /// Neither, for the moment of the hand-over (and after it failed).
-    HandingOver,
-    /// A record could not be taken and an alert was sent: nothing more
-    /// goes either way (RFC 8446 §6.2).
+    /// A record could not be taken and an alert was sent, or the hand-over
+    /// failed (and stands in for rustls during it): nothing more goes
+    /// either way (RFC 8446 §6.2).
     Failed,
 }
 
@@ -209,7 +208,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
                 Ok(None) => continue,
                 Ok(Some(accepted)) => break choose(&accepted.client_hello()),
                 Err((e, mut alert)) => {
-                    let mut bytes = ThinVec::new();
+                    let mut bytes = Vec::new();
                     if alert.write_all(&mut bytes).is_ok() {
                         let _ = io.write_all(&bytes).await;
                     }
@@ -263,7 +262,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
         {
             return Ok(self);
         }
-        let Protection::Rustls(tls) = mem::replace(&mut self.tls, Protection::HandingOver) else {
+        let Protection::Rustls(tls) = mem::replace(&mut self.tls, Protection::Failed) else {
             unreachable!("matched above");
         };
         // Checked above: the handshake is over and rustls has nothing to send.
@@ -284,7 +283,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         match &self.tls {
             Protection::Rustls(tls) => tls.alpn_protocol(),
-            Protection::Own(_) | Protection::HandingOver | Protection::Failed => self.alpn.id(),
+            Protection::Own(_) | Protection::Failed => self.alpn.id(),
         }
     }
 
@@ -309,12 +308,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
                 // left to send: they wait for the first record written.
                 let tls13 = matches!(&self.tls, Protection::Rustls(tls)
                     if tls.protocol_version() == Some(ProtocolVersion::TLSv1_3));
-                if tls13 && self.unsent_at < self.unsent.len() {
-                    self.tickets_waiting = true;
-                    return Poll::Ready(Ok(()));
-                }
-                ready!(self.poll_send_unsent(cx))?;
-                return Poll::Ready(Ok(()));
+                self.tickets_waiting = tls13 && self.unsent_at < self.unsent.len();
+                return self.poll_send_queued(cx);
             }
             // Each flight goes out whole before the next is waited for.
             ready!(self.poll_send_unsent(cx))?;
@@ -426,10 +421,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
         match self.tls {
             Protection::Rustls(_) => self.process_rustls(data, goal),
             Protection::Own(_) => self.process_own(data, goal),
-            Protection::HandingOver => Err(io::Error::other("TLS hand-over failed")),
             Protection::Failed => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "TLS connection ended by an alert",
+                "TLS connection failed",
             )),
         }
     }
@@ -453,10 +447,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
                 };
             }
             Goal::Close => {
-                append_encoded(&mut self.unsent, &mut self.unsent_at, |room| {
-                    records
-                        .seal_alert(Alert::CloseNotify, room)
-                        .map_err(|e| Failure::Broken(record_error(e)))
+                queue_sealed(&mut self.unsent, &mut self.unsent_at, |room| {
+                    records.seal_alert(Alert::CloseNotify, room)
                 })?;
                 return Ok((0, Stop::Closed));
             }
@@ -511,10 +503,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
                     // Queued only while nothing else waits for the socket;
                     // otherwise it goes before the next data record.
                     if self.unsent_at == self.unsent.len() && records.owes_key_update() {
-                        append_encoded(&mut self.unsent, &mut self.unsent_at, |room| {
-                            records
-                                .seal_key_update(room)
-                                .map_err(|e| Failure::Broken(record_error(e)))
+                        queue_sealed(&mut self.unsent, &mut self.unsent_at, |room| {
+                            records.seal_key_update(room)
                         })?;
                     }
                 }
@@ -525,10 +515,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
         // at a shutdown that may never come.
         self.tickets_waiting = false;
         if let Some(alert) = failed.alert {
-            let _ = append_encoded(&mut self.unsent, &mut self.unsent_at, |room| {
-                records
-                    .seal_alert(alert, room)
-                    .map_err(|e| Failure::Broken(record_error(e)))
+            let _ = queue_sealed(&mut self.unsent, &mut self.unsent_at, |room| {
+                records.seal_alert(alert, room)
             });
         }
         self.tls = Protection::Failed;
@@ -695,6 +683,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
         }
     }
 
+    /// [`poll_send_unsent`](Self::poll_send_unsent), unless the queue holds
+    /// session tickets waiting for a record of the writer's: they are not
+    /// its data, and go with that record (or the close_notify) in one send.
+    fn poll_send_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.tickets_waiting {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_send_unsent(cx)
+    }
+
     /// Writes what is queued; frees the queue once the socket took it all.
     fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.unsent_at < self.unsent.len() {
@@ -750,9 +748,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConnection<IO> {
         let result = this.poll_records(cx, Goal::Read(buf));
         // What reading made rustls send (a key update, an alert) goes now if
         // the socket takes it; otherwise with the next write or flush.
-        if this.unsent_at < this.unsent.len() && !this.tickets_waiting {
-            let _ = this.poll_send_unsent(cx);
-        }
+        let _ = this.poll_send_queued(cx);
         result.map_ok(|_| ())
     }
 }
@@ -764,11 +760,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConnection<IO> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        // At most one write's records wait for the socket; waiting session
-        // tickets go with this write's record instead, in one send.
-        if !this.tickets_waiting {
-            ready!(this.poll_send_unsent(cx))?;
-        }
+        // At most one write's records wait for the socket.
+        ready!(this.poll_send_queued(cx))?;
         if this.write_closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
@@ -815,11 +808,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConnection<IO> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // Waiting session tickets are not the writer's data: they keep
-        // waiting for its next record, or its close_notify.
-        if !this.tickets_waiting {
-            ready!(this.poll_send_unsent(cx))?;
-        }
+        ready!(this.poll_send_queued(cx))?;
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
@@ -941,6 +930,18 @@ fn tls_error(e: rustls::Error) -> io::Error {
 
 fn record_error(e: RecordError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Appends a record that [`Records`] seals to `queue` (a control record:
+/// an alert or a key update, which always fits the room first given).
+fn queue_sealed(
+    queue: &mut ThinVec<u8>,
+    at: &mut usize,
+    mut seal: impl FnMut(&mut [u8]) -> Result<usize, RecordError>,
+) -> io::Result<()> {
+    append_encoded(queue, at, |room| {
+        seal(room).map_err(|e| Failure::Broken(record_error(e)))
+    })
 }
 
 #[cfg(test)]
