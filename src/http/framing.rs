@@ -13,6 +13,10 @@
 //!
 //! Cost: a scan of each head line up to its colon (plus the value of the two
 //! framing headers) and O(1) per body read; measured in `benches/strict.rs`.
+//!
+//! Its write side bounds how long a write may wait ([`Tapped::new`]'s
+//! timeout) and sends a small vectored write (a response head and a short
+//! body) as one buffer ([`gather`]).
 
 use std::io;
 use std::pin::Pin;
@@ -508,7 +512,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tapped<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let polled = match gather(bufs) {
+            Some((gathered, len)) => Pin::new(&mut this.inner).poll_write(cx, &gathered[..len]),
+            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        };
         this.watch_write(cx, polled)
     }
 
@@ -525,6 +532,30 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tapped<I> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+/// The most bytes of a vectored write sent as one buffer (see [`gather`]).
+const GATHER_LIMIT: usize = 2048;
+
+/// A small vectored write (hyper's head and a short body) copied into one
+/// buffer, to go out with `send` rather than `writev`: the kernel's `writev`
+/// path costs more per call (the iovec import and the VFS layer). With
+/// `wrk -c50` through one worker, 9 interleaved pairs of 4 s: requests per
+/// CPU-second higher in 8 of 9 pairs, by 1.3% on average.
+fn gather(bufs: &[io::IoSlice<'_>]) -> Option<([u8; GATHER_LIMIT], usize)> {
+    if bufs.len() < 2 {
+        return None;
+    }
+    let total = bufs.iter().try_fold(0usize, |total, buf| {
+        Some(total + buf.len()).filter(|&t| t <= GATHER_LIMIT)
+    })?;
+    let mut gathered = [0u8; GATHER_LIMIT];
+    let mut at = 0;
+    for buf in bufs {
+        gathered[at..at + buf.len()].copy_from_slice(buf);
+        at += buf.len();
+    }
+    Some((gathered, total))
 }
 
 #[cfg(test)]
@@ -624,5 +655,18 @@ mod tests {
             assert_eq!(s.feed(stream), None);
             assert!(s.stopped());
         }
+    }
+
+    #[test]
+    fn small_vectored_writes_are_gathered_and_large_ones_are_not() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
+        let (gathered, len) =
+            gather(&[io::IoSlice::new(head), io::IoSlice::new(b"hello")]).unwrap();
+        assert_eq!(&gathered[..len], [&head[..], b"hello"].concat());
+        assert!(gather(&[io::IoSlice::new(head)]).is_none());
+        let large = vec![b'x'; GATHER_LIMIT];
+        assert!(gather(&[io::IoSlice::new(head), io::IoSlice::new(&large)]).is_none());
+        let (_, len) = gather(&[io::IoSlice::new(&large[1..]), io::IoSlice::new(b"y")]).unwrap();
+        assert_eq!(len, GATHER_LIMIT);
     }
 }
