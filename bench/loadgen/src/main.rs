@@ -9,6 +9,7 @@
 
 mod client;
 mod http_server;
+mod relay;
 mod stats;
 mod table;
 mod tls_handshakes;
@@ -49,6 +50,9 @@ enum Command {
     WsIdle(ws_idle::Args),
     /// Full TLS handshakes (no resumption) as fast as the server allows.
     TlsHandshakes(tls_handshakes::Args),
+    /// A bare TCP relay (epoll, io_uring or splice), to measure what each
+    /// I/O model costs per message (`bench/io-models`).
+    Relay(relay::Args),
     /// Prints the results table from the measurements file the script wrote.
     Table {
         /// Tab-separated lines: figure, target, value (one per round).
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", table::render(&std::fs::read_to_string(results)?)?);
             return Ok(());
         }
+        Command::Relay(args) => return relay::run(args),
         command => command,
     };
     // One thread: the script pins the load and the backends to one core.
@@ -76,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             Command::WsEcho(args) => ws_echo::run(args).await,
             Command::WsIdle(args) => ws_idle::run(args).await,
             Command::TlsHandshakes(args) => tls_handshakes::run(args).await,
-            Command::Table { .. } => Ok(()),
+            Command::Table { .. } | Command::Relay(_) => Ok(()),
         }
     })
 }

@@ -4,13 +4,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-const TARGETS: [&str; 4] = ["wharf", "haproxy", "nginx", "direct"];
-const RATIOS: [(&str, &str); 5] = [
+const TARGETS: [&str; 5] = ["wharf", "haproxy", "nginx", "direct", "relay"];
+const RATIOS: [(&str, &str); 7] = [
     ("wharf", "haproxy"),
     ("wharf", "nginx"),
     ("wharf", "direct"),
     ("haproxy", "direct"),
     ("nginx", "direct"),
+    ("wharf", "relay"),
+    ("haproxy", "relay"),
 ];
 
 /// Renders a Markdown table from lines of `figure<TAB>target<TAB>value`, one
@@ -37,8 +39,8 @@ pub fn render(results: &str) -> anyhow::Result<String> {
         values.entry((figure, target)).or_default().push(value);
     }
     let mut out = String::from(
-        "| figure | wharf | HAProxy | nginx | direct | wharf/HAProxy | wharf/nginx | wharf/direct | HAProxy/direct | nginx/direct |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| figure | wharf | HAProxy | nginx | direct | bare relay | wharf/HAProxy | wharf/nginx | wharf/direct | HAProxy/direct | nginx/direct | wharf/relay | HAProxy/relay |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for figure in order {
         let median = |target: &str| values.get(&(figure, target)).map(|v| median(v));
@@ -86,13 +88,13 @@ mod tests {
     fn medians_and_ratios() {
         let table = render(
             "req/s\twharf\t90\nreq/s\twharf\t110\nreq/s\twharf\t100\n\
-             req/s\thaproxy\t50\nreq/s\tdirect\t200\n",
+             req/s\thaproxy\t50\nreq/s\tdirect\t200\nreq/s\trelay\t400\n",
         )
         .unwrap();
         let row = table.lines().nth(2).unwrap();
         assert_eq!(
             row,
-            "| req/s | 100 | 50.0 | – | 200 | 2.00 | – | 0.50 | 0.25 | – |"
+            "| req/s | 100 | 50.0 | – | 200 | 400 | 2.00 | – | 0.50 | 0.25 | – | 0.25 | 0.12 |"
         );
     }
 
