@@ -1,6 +1,6 @@
 //! A bare TCP relay in three I/O models, to measure what the kernel costs a
 //! proxy per message and what io_uring or splice would save (issue 12's
-//! "ways that are open"; `bench/io-models` runs it).
+//! "ways that are open"; `bench/run` measures it beside the proxies).
 //!
 //! Each accepted connection is joined to a new connection to `--target`,
 //! and bytes are copied both ways, nothing else: no parsing, no timers, no
@@ -9,9 +9,10 @@
 //!
 //! - `epoll`: level-triggered epoll, one `recv` per readable event and one
 //!   `send` to the peer, as HAProxy and wharf do.
-//! - `uring`: io_uring; a receive is always pending on each socket, its
-//!   completion queues the send to the peer, whose completion queues the next
-//!   receive. Everything queued in a turn goes in one `io_uring_enter`.
+//! - `uring`: io_uring; a receive is pending on each socket while it has
+//!   nothing to pass on; its completion queues the send to the peer, whose
+//!   completion queues the next receive. Everything queued in a turn goes in
+//!   one `io_uring_enter`.
 //! - `splice`: as `epoll`, but the bytes go socket → pipe → socket with
 //!   `splice(2)` and never enter user space.
 //!
@@ -64,6 +65,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn join(client: RawFd, target: SocketAddr) -> io::Result<RawFd> {
     let server = TcpStream::connect(target)?;
     server.set_nodelay(true)?;
+    if server.as_raw_fd() as usize >= MAX_FD || client as usize >= MAX_FD {
+        return Err(io::Error::other("too many connections for the relay"));
+    }
     let on: libc::c_int = 1;
     // SAFETY: a valid socket and a pointer to a c_int of the right size.
     unsafe {
@@ -75,11 +79,7 @@ fn join(client: RawFd, target: SocketAddr) -> io::Result<RawFd> {
             size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
-    let fd = server.into_raw_fd();
-    if fd as usize >= MAX_FD || client as usize >= MAX_FD {
-        return Err(io::Error::other("too many connections for the relay"));
-    }
-    Ok(fd)
+    Ok(server.into_raw_fd())
 }
 
 fn check(result: libc::c_int) -> io::Result<libc::c_int> {
@@ -156,6 +156,9 @@ fn run_epoll(
             let fd = event.u64 as RawFd;
             if fd == listen_fd {
                 while let Ok((client, _)) = listener.accept() {
+                    // Never blocking: a stale event (a reused descriptor)
+                    // must not stop the thread.
+                    client.set_nonblocking(true)?;
                     let client = client.into_raw_fd();
                     let Ok(server) = join(client, target) else {
                         close(client);
@@ -284,6 +287,9 @@ const STOP: u64 = 4 << 32;
 
 fn run_uring(listener: TcpListener, target: SocketAddr, deadline: Instant) -> anyhow::Result<()> {
     let listen_fd = listener.as_raw_fd();
+    // Declared before the ring, so dropped after it: no pending receive
+    // outlives its buffer.
+    let mut buffers: Vec<Vec<u8>> = vec![Vec::new(); MAX_FD];
     // Completions run when the relay asks for them, on its own thread: no
     // interrupt of the thread for each (kernel 6.1's DEFER_TASKRUN).
     let mut ring: IoUring = IoUring::builder()
@@ -292,7 +298,7 @@ fn run_uring(listener: TcpListener, target: SocketAddr, deadline: Instant) -> an
         .setup_defer_taskrun()
         .build(1024)?;
     let mut peer = vec![-1; MAX_FD];
-    let mut buffers: Vec<Vec<u8>> = vec![Vec::new(); MAX_FD];
+    let mut completions: Vec<(u64, i32)> = Vec::with_capacity(1024);
     // Per socket: bytes of its buffer received, and how many of them sent.
     let mut pending = vec![(0usize, 0usize); MAX_FD];
     let stop_after = types::Timespec::from(deadline.saturating_duration_since(Instant::now()));
@@ -321,11 +327,8 @@ fn run_uring(listener: TcpListener, target: SocketAddr, deadline: Instant) -> an
             }
         }
         ring.submit_and_wait(1)?;
-        let completions: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (user_data, result) in completions {
+        completions.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for (user_data, result) in completions.drain(..) {
             let fd = (user_data & 0xffff_ffff) as RawFd;
             match user_data & !0xffff_ffff {
                 STOP => return Ok(()),
@@ -340,6 +343,8 @@ fn run_uring(listener: TcpListener, target: SocketAddr, deadline: Instant) -> an
                         .user_data(ACCEPT),
                     );
                     if result < 0 {
+                        // Out of descriptors, say: back off instead of spinning.
+                        std::thread::sleep(Duration::from_millis(10));
                         continue;
                     }
                     let Ok(server) = join(result, target) else {
@@ -360,12 +365,7 @@ fn run_uring(listener: TcpListener, target: SocketAddr, deadline: Instant) -> an
                         continue;
                     }
                     if result <= 0 {
-                        // The other side's pending receive ends with the shutdown.
-                        peer[fd as usize] = -1;
-                        peer[to as usize] = -1;
-                        // SAFETY: sockets the relay owns.
-                        unsafe { libc::shutdown(to, libc::SHUT_RDWR) };
-                        close(fd);
+                        end_pair(&mut peer, fd, to);
                         continue;
                     }
                     pending[fd as usize] = (result as usize, 0);
@@ -379,7 +379,13 @@ fn run_uring(listener: TcpListener, target: SocketAddr, deadline: Instant) -> an
                 }
                 SEND => {
                     let to = peer[fd as usize];
-                    if to < 0 || result < 0 {
+                    if to < 0 {
+                        // Its peer closed while this send was out.
+                        close(fd);
+                        continue;
+                    }
+                    if result < 0 {
+                        end_pair(&mut peer, fd, to);
                         continue;
                     }
                     let (received, sent) = &mut pending[fd as usize];
@@ -400,4 +406,14 @@ fn run_uring(listener: TcpListener, target: SocketAddr, deadline: Instant) -> an
             }
         }
     }
+}
+
+/// Closes `fd`, whose exchange with `to` is over, and shuts `to` down: its
+/// pending receive (or send) then completes and closes it.
+fn end_pair(peer: &mut [RawFd], fd: RawFd, to: RawFd) {
+    peer[fd as usize] = -1;
+    peer[to as usize] = -1;
+    // SAFETY: a socket the relay owns.
+    unsafe { libc::shutdown(to, libc::SHUT_RDWR) };
+    close(fd);
 }
