@@ -360,3 +360,26 @@ servers = ["{}"]
         "closed too early: {elapsed:?}"
     );
 }
+
+/// A graceful stop closes an idle keep-alive client connection after the
+/// stop's short grace (half a second), not at the connection's idle timeout
+/// (`request_header`, 10 s by default), and finishes in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_closes_an_idle_client_connection() {
+    let backend = Backend::normal("b").await;
+    let wharf = start_wharf(&one_pool_config(&[backend.addr], "")).await;
+    let mut client = RawClient::connect(public(&wharf)).await;
+    client
+        .send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    assert_eq!(client.read_response().await.status, 200);
+    let stopping = tokio::spawn(wharf.stop(Duration::from_secs(8)));
+    assert!(
+        client.closed_within(Duration::from_secs(5)).await,
+        "the idle client connection is still open 5 s after the stop"
+    );
+    assert!(
+        within("the stop", stopping).await.unwrap(),
+        "the stop did not finish in time"
+    );
+}

@@ -7,6 +7,7 @@
 //! - `plaintext`: the redirect or refusal for plaintext on a TLS port.
 //! - `headers`: hop-by-hop removal and forwarding headers.
 //! - `timer`: the connection's sleeps for its requests' header and response timeouts.
+//! - `stop`: the connection's watch for the stop signal.
 //! - `error`: what a failure costs the client (status, body).
 
 mod body;
@@ -18,6 +19,7 @@ mod plaintext;
 mod proxy;
 mod record;
 mod send;
+mod stop;
 pub mod strict;
 mod timer;
 mod upgrade;
@@ -129,9 +131,11 @@ where
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
+    let stopped = stop::StopWatch::new(stop);
+    tokio::pin!(stopped);
     let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stop.cancelled() => {
+        biased;
+        () = stopped => {
             // A client whose request is already on its way (a connection
             // accepted just before the stop) gets it served: the connection
             // has a moment to receive it before hyper closes it when idle.
@@ -145,6 +149,7 @@ where
                 }
             }
         }
+        result = connection.as_mut() => result,
     };
     if let Err(e) = result {
         // hyper has already answered a malformed request with 400 and closed.
