@@ -66,9 +66,11 @@ impl Future for StopWatch {
         if *this.armed && !this.signal.fired.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
-        *this.armed = true;
         let waker = Waker::from(this.signal.clone());
-        this.cancelled.poll(&mut Context::from_waker(&waker))
+        let polled = this.cancelled.poll(&mut Context::from_waker(&waker));
+        // Once ready, every later poll asks the token again (ready again).
+        *this.armed = polled.is_pending();
+        polled
     }
 }
 
@@ -96,10 +98,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_token_cancelled_before_the_first_poll_ends_it_at_once() {
+    async fn a_token_cancelled_before_the_first_poll_ends_it_at_once_and_for_good() {
         let token = CancellationToken::new();
         token.cancel();
-        StopWatch::new(token).await;
+        let watch = StopWatch::new(token);
+        tokio::pin!(watch);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(watch.as_mut().poll(&mut cx).is_ready());
+        assert!(watch.as_mut().poll(&mut cx).is_ready());
+    }
+
+    /// A cancel from another thread, racing the watch's first polls, is
+    /// never lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_racing_the_watch_on_another_thread_is_never_lost() {
+        for _ in 0..2_000 {
+            let token = CancellationToken::new();
+            let watch = tokio::spawn(StopWatch::new(token.child_token()));
+            tokio::task::yield_now().await;
+            token.cancel();
+            tokio::time::timeout(std::time::Duration::from_secs(5), watch)
+                .await
+                .expect("the watch saw the cancel")
+                .unwrap();
+        }
     }
 
     #[tokio::test]
