@@ -17,8 +17,8 @@ use http::{Method, Request};
 use serde_json::Value;
 use support::browser::Browser;
 use support::{
-    Backend, Client, Reply, TempDir, empty_body, percent_encode, public, require_program,
-    start_wharf, within, ws_connect, ws_echo,
+    Backend, Client, RawClient, Reply, TempDir, empty_body, get, one_pool_config, percent_encode,
+    public, require_program, start_wharf, with_admin, within, ws_connect, ws_echo,
 };
 
 /// wharf with an admin listener (`admin_extra` added to `[admin]`), `/ws-echo`
@@ -600,6 +600,31 @@ async fn counters_survive_a_reload_that_reorders_servers_and_routes() {
         "{}",
         metrics.text()
     );
+}
+
+/// A request refused before any route was chosen (here, two `Host`
+/// headers) is counted on its listener, not lost to the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_answered_before_a_route_are_counted_on_the_listener() {
+    let backend = Backend::normal("b").await;
+    let wharf = start_wharf(&with_admin(&one_pool_config(&[backend.addr], ""))).await;
+    let mut client = RawClient::connect(public(&wharf)).await;
+    client
+        .send(b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n")
+        .await;
+    assert_eq!(client.read_response().await.status, 400);
+    assert_eq!(get(public(&wharf), "app.test", "/").await.status, 200);
+    let metrics = admin_request(admin(&wharf), Method::GET, "/metrics", &[]).await;
+    let text = metrics.text();
+    for line in [
+        "wharf_listener_unrouted_requests_total{listener=\"public\",class=\"4xx\"} 1",
+        "wharf_listener_unrouted_requests_total{listener=\"public\",class=\"2xx\"} 0",
+        "wharf_route_requests_total{listener=\"public\",route=\"*/\",class=\"2xx\"} 1",
+        "wharf_route_requests_total{listener=\"public\",route=\"*/\",class=\"4xx\"} 0",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
+    }
+    assert_eq!(backend.requests(), 1);
 }
 
 // ------------------------------------------------------------------ process logs

@@ -83,6 +83,7 @@ pub async fn handle(
         local,
         listener: listener.clone(),
         proto,
+        metrics: metrics.clone(),
         slot: std::sync::Mutex::new(Some(slot)),
     };
     match next {

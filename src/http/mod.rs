@@ -56,6 +56,8 @@ pub struct ClientConnection {
     pub listener: Arc<str>,
     /// `http` or `https`.
     pub proto: &'static str,
+    /// The listener's counters (requests answered before a route was chosen).
+    pub metrics: Arc<crate::metrics::ListenerMetrics>,
     /// The connection's place under the listener's `max_connections`, held
     /// for as long as the connection lives; a tunnel takes it over at an
     /// upgrade ([`ClientConnection::take_slot`]).

@@ -81,11 +81,14 @@ impl Exchange {
         shared: &Shared,
     ) -> Response<ResponseBody> {
         let status = response.status().as_u16();
-        if let Some(route) = &self.route {
-            route.requests.inc(status);
-            if self.upgrade_asked && status != 101 {
-                route.upgrade_failures.inc();
+        match &self.route {
+            Some(route) => {
+                route.requests.inc(status);
+                if self.upgrade_asked && status != 101 {
+                    route.upgrade_failures.inc();
+                }
             }
+            None => client.metrics.unrouted.inc(status),
         }
         let Some(log) = &shared.access_log else {
             return response;

@@ -56,6 +56,9 @@ pub struct ListenerMetrics {
     pub accepted: Counter,
     pub tls_handshakes: Counter,
     pub tls_failures: Counter,
+    /// Requests answered before a route was chosen (malformed, no route,
+    /// CONNECT), by status class: the route counters never see them.
+    pub unrouted: ByClass,
 }
 
 /// A route's handles. The tunnel increments `messages` and `payload_bytes`

@@ -126,6 +126,12 @@ impl EncodeLabelValue for Direction {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerClassLabels {
+    listener: String,
+    class: Class,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteClassLabels {
     listener: String,
     route: String,
@@ -173,6 +179,7 @@ struct Families {
     listener_accepted: Family<ListenerLabels, Counter>,
     listener_tls_handshakes: Family<ListenerLabels, Counter>,
     listener_tls_failures: Family<ListenerLabels, Counter>,
+    listener_unrouted: Family<ListenerClassLabels, Counter>,
 
     route_requests: Family<RouteClassLabels, Counter>,
     route_ws_open: Family<RouteLabels, Gauge>,
@@ -276,6 +283,7 @@ impl Metrics {
             listener_accepted: Family::default(),
             listener_tls_handshakes: Family::default(),
             listener_tls_failures: Family::default(),
+            listener_unrouted: Family::default(),
             route_requests: Family::default(),
             route_ws_open: Family::default(),
             route_ws_opened: Family::default(),
@@ -310,6 +318,11 @@ impl Metrics {
             "wharf_listener_tls_handshake_failures",
             "TLS handshakes that failed",
             f.listener_tls_failures.clone(),
+        );
+        r.register(
+            "wharf_listener_unrouted_requests",
+            "Requests answered before a route was chosen (malformed, no route, CONNECT), by status class",
+            f.listener_unrouted.clone(),
         );
         r.register(
             "wharf_route_requests",
@@ -428,6 +441,14 @@ impl Metrics {
             accepted: f.listener_accepted.get_or_create(&labels).clone(),
             tls_handshakes: f.listener_tls_handshakes.get_or_create(&labels).clone(),
             tls_failures: f.listener_tls_failures.get_or_create(&labels).clone(),
+            unrouted: ByClass(Class::ALL.map(|class| {
+                f.listener_unrouted
+                    .get_or_create(&ListenerClassLabels {
+                        listener: name.to_owned(),
+                        class,
+                    })
+                    .clone()
+            })),
         }
     }
 
