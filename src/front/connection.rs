@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client_hello;
-use super::sniff::{self, Protocol, peek_more};
+use super::sniff::{self, FirstBytes, Protocol, peek_more};
 use crate::config::{ListenerConfig, Plaintext};
 use crate::http::{self, ClientConnection};
 use crate::listener::Accepted;
@@ -58,14 +58,15 @@ pub async fn handle(
     // A TLS client has `first_bytes` for its whole handshake, `server_first` or not.
     let handshake_deadline = accepted_at + config.timeouts.first_bytes;
 
-    let (peer, local) = match client_addresses(&mut stream, peer, local, config, deadline).await {
-        Ok(addresses) => addresses,
-        Err(reason) => {
-            tracing::info!(listener = %config.name, %peer, "connection refused: {reason}");
-            return;
-        }
-    };
-    let protocol = match sniff::sniff(&stream, deadline).await {
+    let (peer, local, first) =
+        match client_addresses(&mut stream, peer, local, config, deadline).await {
+            Ok(found) => found,
+            Err(reason) => {
+                tracing::info!(listener = %config.name, %peer, "connection refused: {reason}");
+                return;
+            }
+        };
+    let protocol = match sniff::sniff(&stream, deadline, first).await {
         Ok(protocol) => protocol,
         Err(e) => {
             tracing::debug!(listener = %config.name, %peer, error = %e, "connection failed before its first bytes");
@@ -199,13 +200,15 @@ async fn next_step(
 /// The client's address and the address it connected to: from a PROXY header
 /// if the peer is trusted and sent one, else the socket's own. A PROXY header
 /// from anyone else is refused: it would let a client forge its address.
+/// Also the first bytes it peeked, for the sniff (none once a PROXY header
+/// was read: what follows it is still to be seen).
 async fn client_addresses(
     stream: &mut TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     config: &ListenerConfig,
     deadline: Instant,
-) -> Result<(SocketAddr, SocketAddr), String> {
+) -> Result<(SocketAddr, SocketAddr, FirstBytes), String> {
     let trusted = config
         .proxy_protocol
         .iter()
@@ -214,25 +217,25 @@ async fn client_addresses(
     // trusted peers the header is required, else a client behind them (or
     // behind a NAT sharing their address) could send its own and forge its
     // address; `proxy_protocol_optional` relaxes that.
-    let without_header = || match trusted && !config.proxy_protocol_optional {
+    let without_header = |first| match trusted && !config.proxy_protocol_optional {
         true => Err("no PROXY header from a `proxy_protocol` peer".to_owned()),
-        false => Ok((peer, local)),
+        false => Ok((peer, local, first)),
     };
-    let mut first = [0u8; 12];
-    // Enough bytes to tell a PROXY header apart ("PROXY " or the v2 signature).
-    let mut seen = 0;
-    while seen < 6 {
-        match peek_more(stream, &mut first, seen, deadline).await {
-            Ok(Some(n)) if n > 0 => seen = n,
-            Ok(_) => return without_header(),
+    let mut first = FirstBytes::default();
+    // Enough bytes to tell a PROXY header apart ("PROXY " or the v2
+    // signature); usually enough for the sniff too.
+    while first.seen < 6 {
+        match peek_more(stream, &mut first.buf, first.seen, deadline).await {
+            Ok(Some(n)) if n > 0 => first.seen = n,
+            Ok(_) => return without_header(first),
             Err(e) => return Err(e.to_string()),
         }
-        if !proxy_protocol::looks_like_proxy(&first[..seen]) {
-            return without_header();
+        if !proxy_protocol::looks_like_proxy(first.peeked()) {
+            return without_header(first);
         }
     }
-    if !proxy_protocol::looks_like_proxy(&first[..seen]) {
-        return without_header();
+    if !proxy_protocol::looks_like_proxy(first.peeked()) {
+        return without_header(first);
     }
     if !trusted {
         return Err("PROXY header from a peer not in `proxy_protocol`".to_owned());
@@ -242,8 +245,8 @@ async fn client_addresses(
         Ok(ProxyHeader::Proxied {
             source,
             destination,
-        }) => Ok((source, destination)),
-        Ok(ProxyHeader::Local) => Ok((peer, local)),
+        }) => Ok((source, destination, FirstBytes::default())),
+        Ok(ProxyHeader::Local) => Ok((peer, local, FirstBytes::default())),
         Err(e) => Err(format!("bad PROXY header: {e}")),
     }
 }

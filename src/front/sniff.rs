@@ -37,13 +37,39 @@ pub const FLASH_POLICY_REQUEST: &[u8] = b"<policy-file-request/>\0";
 /// the space after it.
 const MAX_METHOD: usize = 17;
 
-/// Peeks at `stream` until its first bytes tell the protocol, until `deadline`.
-pub async fn sniff(stream: &TcpStream, deadline: Instant) -> io::Result<Protocol> {
-    let mut buf = [0u8; FLASH_POLICY_REQUEST.len()];
-    let mut seen = 0;
+/// The first bytes of a connection as peeked so far (none: not looked at,
+/// or what was seen has since been consumed), enough to tell any protocol.
+#[derive(Debug, Default)]
+pub struct FirstBytes {
+    pub buf: [u8; FLASH_POLICY_REQUEST.len()],
+    pub seen: usize,
+}
+
+impl FirstBytes {
+    pub fn peeked(&self) -> &[u8] {
+        &self.buf[..self.seen]
+    }
+}
+
+/// Peeks at `stream` until its first bytes tell the protocol, until
+/// `deadline`, starting from what `first` already holds (the PROXY check's
+/// peek usually tells it without another system call).
+pub async fn sniff(
+    stream: &TcpStream,
+    deadline: Instant,
+    mut first: FirstBytes,
+) -> io::Result<Protocol> {
     loop {
-        let Some(n) = peek_more(stream, &mut buf, seen, deadline).await? else {
-            return Ok(if seen == 0 {
+        if first.seen > 0 {
+            if let Some(protocol) = classify(first.peeked()) {
+                return Ok(protocol);
+            }
+            if first.seen == first.buf.len() {
+                return Ok(Protocol::Other);
+            }
+        }
+        let Some(n) = peek_more(stream, &mut first.buf, first.seen, deadline).await? else {
+            return Ok(if first.seen == 0 {
                 Protocol::Silent
             } else {
                 Protocol::Other
@@ -52,13 +78,7 @@ pub async fn sniff(stream: &TcpStream, deadline: Instant) -> io::Result<Protocol
         if n == 0 {
             return Ok(Protocol::Closed);
         }
-        seen = n;
-        if let Some(protocol) = classify(&buf[..seen]) {
-            return Ok(protocol);
-        }
-        if seen == buf.len() {
-            return Ok(Protocol::Other);
-        }
+        first.seen = n;
     }
 }
 
