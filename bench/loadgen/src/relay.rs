@@ -90,23 +90,47 @@ fn check(result: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// A byte-moving system call's result: the bytes moved, or `None` when it
+/// would have blocked.
+fn moved(n: isize) -> io::Result<Option<usize>> {
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock => Ok(None),
+        _ => Err(e),
+    }
+}
+
 /// Sends all of `bytes`, waiting for room if the socket is full (rare with
 /// small messages; this is a measurement tool, not a proxy).
 fn send_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         // SAFETY: `bytes` is valid for its length.
         let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::WouldBlock {
-                return Err(e);
-            }
-            wait_writable(fd);
-            continue;
+        match moved(n)? {
+            Some(n) => bytes = &bytes[n..],
+            None => wait_writable(fd),
         }
-        bytes = &bytes[n as usize..];
     }
     Ok(())
+}
+
+/// One `splice(2)` of up to `len` bytes, never waiting.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<Option<usize>> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    // SAFETY: plain system call on descriptors the relay owns.
+    moved(unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    })
 }
 
 fn wait_writable(fd: RawFd) {
@@ -213,68 +237,25 @@ fn copy_once(from: RawFd, to: RawFd, buffer: &mut [u8]) -> io::Result<bool> {
             libc::MSG_DONTWAIT,
         )
     };
-    match n {
-        0 => Ok(false),
-        n if n < 0 => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(true)
-            } else {
-                Err(e)
-            }
-        }
-        n => send_all(to, &buffer[..n as usize]).map(|()| true),
+    match moved(n)? {
+        Some(0) => Ok(false),
+        Some(n) => send_all(to, &buffer[..n]).map(|()| true),
+        None => Ok(true),
     }
 }
 
 /// One `splice` into the socket's pipe and as many out of it as it takes.
 fn splice_once(from: RawFd, to: RawFd, [pipe_out, pipe_in]: [RawFd; 2]) -> io::Result<bool> {
-    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
-    // SAFETY: plain syscalls on descriptors the relay owns.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            pipe_in,
-            std::ptr::null_mut(),
-            BUFFER,
-            flags,
-        )
+    let mut left = match splice(from, pipe_in, BUFFER)? {
+        Some(0) => return Ok(false),
+        Some(n) => n,
+        None => return Ok(true),
     };
-    match n {
-        0 => return Ok(false),
-        n if n < 0 => {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(true)
-            } else {
-                Err(e)
-            };
-        }
-        _ => {}
-    }
-    let mut left = n as usize;
     while left > 0 {
-        // SAFETY: as above.
-        let out = unsafe {
-            libc::splice(
-                pipe_out,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                left,
-                flags,
-            )
-        };
-        if out < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::WouldBlock {
-                return Err(e);
-            }
-            wait_writable(to);
-            continue;
+        match splice(pipe_out, to, left)? {
+            Some(n) => left -= n,
+            None => wait_writable(to),
         }
-        left -= out as usize;
     }
     Ok(true)
 }
